@@ -1,0 +1,267 @@
+"""The ``promptseg`` command: models, embed, segment.
+
+Errors a user can cause print one line (``promptseg: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import PromptError, PromptsegError
+
+
+def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} must be comma-separated numbers") from None
+    if len(vals) not in n:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} needs {' or '.join(map(str, n))} numbers")
+    return vals
+
+
+def _point(text):
+    return _numbers(text, (2, 3), "point")
+
+
+def _box(text):
+    return _numbers(text, (4, 6), "box")
+
+
+def _window(text):
+    return _numbers(text, (2,), "window")
+
+
+def _load_image(spec: str):
+    """IMAGE argument -> (array, ImageMeta); ``sample:NAME`` loads a bundled sample."""
+    if spec.startswith("sample:"):
+        from .samples import load_sample
+
+        return load_sample(spec.split(":", 1)[1])
+    from .io import read_image
+
+    return read_image(spec)
+
+
+def _model(args):
+    from .models import load_model
+
+    return load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+
+
+def _tqdm_progress(desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=None, desc=desc, unit="slice", disable=None)
+
+    def update(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+# -- commands -------------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    from .models import registry
+    from .models.checkpoints import cache_dir, resolve_checkpoint
+
+    if args.action in (None, "list"):
+        print(f"{'name':<16} {'arch':<6} {'licence':<11} {'where':<14} description")
+        for name in registry.list_models():
+            spec = registry.get_spec(name)
+            label = f"{name} -> {spec.name}" if name != spec.name else name
+            if spec.shipped:
+                where = "shipped"
+            elif (cache_dir() / spec.filename).is_file():
+                where = "cached"
+            else:
+                where = "download" if spec.url else "by hand"
+            print(f"{label:<16} {spec.arch:<6} {spec.licence:<11} {where:<14} {spec.description}")
+        print(f"cache folder: {cache_dir()}  (set PROMPTSEG_CACHE to change it)")
+        return 0
+    if args.action == "download":
+        path = resolve_checkpoint(registry.get_spec(args.target))
+        print(path)
+        return 0
+    if args.action == "verify":
+        return _verify(Path(args.target), args.model)
+    raise PromptsegError(f"unknown models action {args.action!r}")
+
+
+def _verify(path: Path, name: str | None) -> int:
+    from .models import registry
+    from .models.build import guess_arch
+    from .models.checkpoints import read_state_dict, sha256sum
+
+    if not path.is_file():
+        raise PromptsegError(f"{path} does not exist")
+    digest = sha256sum(path)
+    print(f"sha256 {digest}  {path}")
+    specs = [registry.get_spec(name)] if name else [registry.get_spec(n) for n in registry.list_models()]
+    known = [s for s in specs if s.sha256]
+    match = [s.name for s in known if s.sha256 == digest]
+    if match:
+        print(f"OK: matches {', '.join(sorted(set(match)))}")
+        return 0
+    spec = registry.get_spec(name) if name else None
+    if spec is not None and spec.sha256:
+        print(f"MISMATCH: expected {spec.sha256} for {spec.name}")
+        return 1
+    arch = guess_arch(read_state_dict(path))  # raises CheckpointError for a truncated/corrupt file
+    if spec is not None and arch != spec.arch:
+        print(f"MISMATCH: {spec.name} is a {spec.arch} model; this file is {arch or 'no official SAM size'}")
+        return 1
+    print(f"readable checkpoint of architecture {arch or '(not an official SAM size)'}; no published hash to compare")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .embeddings import embed
+
+    image, meta = _load_image(args.image)
+    model = _model(args)
+    bar, progress = _tqdm_progress("embedding")
+    try:
+        store = embed(image, model, axis=args.axis, cache=args.output, batch_size=args.batch_size, progress=progress,
+                      modality=args.modality, window=args.window, overwrite=args.overwrite)
+    finally:
+        bar.close()
+    print(f"{store.n_slices} slice(s) embedded with {model.name} in {args.output}")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    import numpy as np
+
+    from .embeddings import embed
+    from .io import write_labels
+    from .session import Session
+
+    if not (args.point or args.negative or args.box):
+        raise PromptError("give at least one prompt: --point, --negative or --box")
+    image, meta = _load_image(args.image)
+    model = _model(args)
+    store = None
+    if args.cache:
+        bar, progress = _tqdm_progress("embedding")
+        try:
+            store = embed(image, model, axis=args.axis, cache=args.cache, progress=progress, modality=args.modality, window=args.window)
+        finally:
+            bar.close()
+    s = Session(model, image, embeddings=store, axis=args.axis, modality=args.modality if store is None else None,
+                window=args.window if store is None else None)
+    pred = None
+    if args.box:
+        b = args.box
+        half = len(b) // 2
+        pred = s.add_box(b[:half], b[half:])
+    pts = [(p, True) for p in args.point] + [(p, False) for p in args.negative]
+    if pts:
+        pred = s.add_points([p for p, _ in pts], [f for _, f in pts])
+    mask = np.asarray(pred.mask, dtype=np.uint8)
+    out = write_labels(args.output, mask, meta)
+    print(f"mask: {out} ({int(mask.sum())} pixels, predicted IoU {pred.score:.3f})")
+    if args.overlay:
+        _write_overlay(args.overlay, s, image, mask, pts, pred)
+    return 0
+
+
+def _write_overlay(path, session, image, mask, pts, pred):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from .visualize import overlay
+
+    emb = session._embedder
+    if session.ndim == 3:  # show the slice that was prompted
+        k = pred.bbox[session.axis].start
+        raw, mask2 = emb.raw_slice(k), np.moveaxis(mask, session.axis, 0)[k]
+        pts = [(np.delete(np.asarray(p), session.axis), f) for p, f in pts]
+    else:
+        raw, mask2 = np.asarray(image), mask
+    rgb = overlay(emb.intensity.apply(raw), mask2.astype(bool), points=pts)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        iio.imwrite(tmp, rgb)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"overlay: {path}")
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def _add_model_args(p):
+    p.add_argument("--model", default="default", help="registry name (see `promptseg models`); default: the shipped model")
+    p.add_argument("--checkpoint", help="local weights file; wins over the cache and downloads")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+
+
+def _add_image_args(p):
+    p.add_argument("--axis", type=int, default=None, help="slicing axis of a 3D volume (default 0)")
+    p.add_argument("--modality", choices=["ct", "mri", "microscopy", "pathology"],
+                   help="intensity handling: ct uses the soft-tissue window -160,240 HU")
+    p.add_argument("--window", type=_window, help="intensity window LO,HI mapped to 0..255 (overrides --modality)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptseg", description="Interactive, promptable segmentation of biomedical images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list, download or verify model weights",
+                       description="List the registered models, download one (SHA256-checked) into the cache, or verify a file.")
+    p.add_argument("action", nargs="?", choices=["list", "download", "verify"], help="default: list")
+    p.add_argument("target", nargs="?", help="model NAME for download, file PATH for verify")
+    p.add_argument("--model", help="with verify: the model the file should be")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("embed", help="precompute image embeddings into a zarr cache",
+                       description="Embed a 2D image or a 3D volume (slice by slice) into a zarr cache. An interrupted run "
+                                   "resumes where it stopped; a cache made for another image or model is refused.")
+    p.add_argument("image", help="TIFF, PNG/JPEG, zarr/OME-Zarr, NIfTI file, or sample:NAME")
+    p.add_argument("-o", "--output", required=True, help="cache folder (zarr)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per encoder call (default 1 on CPU, 8 on GPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace a cache made for something else")
+    _add_model_args(p)
+    _add_image_args(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("segment", help="segment one object from clicks and/or a box",
+                       description="Segment one object from prompts in napari coordinates: R,C in 2D, Z,R,C in 3D. "
+                                   "Writes the mask (TIFF, NIfTI or OME-Zarr, by extension) and optionally a PNG overlay.")
+    p.add_argument("image", help="TIFF, PNG/JPEG, zarr/OME-Zarr, NIfTI file, or sample:NAME")
+    p.add_argument("--point", type=_point, action="append", default=[], metavar="R,C", help="positive click (repeatable)")
+    p.add_argument("--negative", type=_point, action="append", default=[], metavar="R,C", help="negative click (repeatable)")
+    p.add_argument("--box", type=_box, metavar="R0,C0,R1,C1", help="box corners (Z,R0,C0,Z,R1,C1 in 3D)")
+    p.add_argument("-o", "--output", required=True, help="mask file: .tif, .nii.gz or .ome.zarr")
+    p.add_argument("--overlay", help="also write a PNG of the mask over the image")
+    p.add_argument("--cache", help="embedding cache folder to use or create")
+    _add_model_args(p)
+    _add_image_args(p)
+    p.set_defaults(func=cmd_segment)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PromptsegError as e:
+        print(f"promptseg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("promptseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Image embeddings: computing them (:func:`embed`) and keeping them (:class:`EmbeddingStore`).
+
+A store is a zarr group holding one float16 chunk per slice (``features``: (n, C, g, g)) and one done
+flag per slice (``done``: (n,) uint8, written *after* its features, so a run killed mid-slice only
+recomputes that slice). Its attributes hold the signature — data hash, model fingerprint, preprocessing,
+precision, format version — and reopening it for anything else is a :class:`CacheError`, never a silent
+reuse. The group is created under a temporary name and renamed into place, so a half-created store never
+appears under the final name.
+
+A 2D image is a store of one slice; a volume (Z, H, W) is embedded slice by slice along ``axis``,
+streaming: only ``batch_size`` slices are in memory at a time, and the input may be any array that
+supports slicing (numpy, memmap, zarr, dask), so a volume larger than RAM embeds without being loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import zarr
+
+from .errors import CacheError, ImageError
+from .preprocess import Frame, Intensity, check_finite, choose_intensity, spatial_shape
+
+FORMAT_VERSION = 1
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+class Embedder:
+    """Binds an image, a model and a preprocessing; computes slice embeddings on request.
+
+    Parameters
+    ----------
+    model : PromptModel.
+    image : (H, W), (H, W, 3|4) or (Z, H, W) array-like (numpy, memmap, zarr, dask).
+    axis : for a volume, the axis along which it is cut into 2D slices (default 0).
+    modality, window, rgb : see :mod:`promptseg.preprocess`.
+    """
+
+    def __init__(self, model, image, *, axis: int | None = None, modality=None, window=None, rgb=None):
+        self.model = model
+        self.image = image
+        self.spatial, self.rgb = spatial_shape(image, rgb)
+        if len(self.spatial) == 2:
+            if axis not in (None, 0):
+                raise ImageError(f"axis={axis} given for a 2D image of shape {tuple(image.shape)}")
+            self.axis = None
+        else:
+            axis = 0 if axis is None else int(axis)
+            if not -3 <= axis < 3:
+                raise ImageError(f"axis={axis} is out of range for a 3D image")
+            self.axis = axis % 3
+        self.intensity: Intensity = choose_intensity(image, rgb=self.rgb, modality=modality, window=window)
+        plane = self.spatial if self.axis is None else tuple(s for i, s in enumerate(self.spatial) if i != self.axis)
+        self.frame = Frame.for_shape(plane, model.input_size, model.spec.resize)
+        self._data_hash: str | None = None
+
+    @property
+    def n_slices(self) -> int:
+        return 1 if self.axis is None else self.spatial[self.axis]
+
+    def raw_slice(self, i: int) -> np.ndarray:
+        """Slice ``i`` as stored in the image: (H, W) or (H, W, C)."""
+        if self.axis is None:
+            return np.asarray(self.image)
+        index = [slice(None)] * len(self.image.shape)
+        index[self.axis] = i
+        return np.asarray(self.image[tuple(index)])
+
+    def data_hash(self) -> str:
+        """blake2b of shape, dtype and every value, read slice by slice; also rejects NaN/inf."""
+        if self._data_hash is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(repr((tuple(self.image.shape), str(np.dtype(self.image.dtype)))).encode())
+            for i in range(self.n_slices):
+                sl = self.raw_slice(i)
+                check_finite(sl, "image" if self.axis is None else f"slice {i} of the image")
+                h.update(np.ascontiguousarray(sl).tobytes())
+            self._data_hash = h.hexdigest()
+        return self._data_hash
+
+    def signature(self) -> dict:
+        """Everything the embeddings depend on; equal signatures mean reusable embeddings."""
+        spec = self.model.spec
+        return {
+            "format": FORMAT_VERSION,
+            "data": self.data_hash(),
+            "shape": list(self.image.shape),
+            "dtype": str(np.dtype(self.image.dtype)),
+            "axis": self.axis,
+            "model": self.model.fingerprint,
+            "model_name": spec.name,
+            "preprocessing": {**self.intensity.as_dict(), "resize": spec.resize, "input_size": self.model.input_size},
+            "precision": "float16",
+        }
+
+    def compute(self, indices) -> np.ndarray:
+        """Embed slices ``indices`` in one encoder batch -> float16 (B, C, g, g) numpy array."""
+        images = []
+        for i in indices:
+            sl = self.raw_slice(i)
+            check_finite(sl)
+            images.append(self.frame.resize(self.intensity.apply(sl)))
+        return self.model.encode(images).to("cpu").numpy().astype(np.float16)
+
+
+class EmbeddingStore:
+    """Slice embeddings of one image under one signature (see the module docstring).
+
+    Use :func:`embed` or :meth:`open_or_create`; index with ``store.get(i)`` -> float16 (C, g, g).
+    """
+
+    def __init__(self, group: zarr.Group, path: Path | None = None):
+        self.group = group
+        self.path = path
+        self.meta = dict(group.attrs["promptseg"])
+        self.features = group["features"]
+        self.done_flags = group["done"]
+
+    # -- creation ---------------------------------------------------------------------------
+    @classmethod
+    def open_or_create(cls, path, signature: dict, n: int, feature_shape, frame: Frame, *, overwrite=False) -> "EmbeddingStore":
+        """Open the store at ``path`` (``None``: in memory) if its signature matches, else create it."""
+        meta = {"signature": signature, "n": n, "frame": {"original": frame.original, "input": frame.input, "size": frame.size}}
+        if path is None:
+            group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+            cls._init_group(group, meta, n, feature_shape)
+            return cls(group, None)
+        path = Path(path)
+        if path.exists() and not overwrite:
+            store = cls.open(path)
+            store.check(signature)
+            return store
+        if path.exists():  # overwrite replaces an embedding cache, never someone's folder or file
+            cls.open(path)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            cls._init_group(zarr.open_group(str(tmp), mode="w"), meta, n, feature_shape)
+            if path.exists():  # overwrite: swap the new, empty store in
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls.open(path)
+
+    @staticmethod
+    def _init_group(group, meta, n, feature_shape):
+        c, g1, g2 = feature_shape
+        group.create_array("features", shape=(n, c, g1, g2), chunks=(1, c, g1, g2), dtype="float16", fill_value=0)
+        group.create_array("done", shape=(n,), chunks=(1,), dtype="uint8", fill_value=0)
+        group.attrs["promptseg"] = meta
+
+    @classmethod
+    def open(cls, path) -> "EmbeddingStore":
+        """Open an existing store; :class:`CacheError` if it is not one."""
+        path = Path(path)
+        try:
+            group = zarr.open_group(str(path), mode="r+")
+            if "promptseg" not in group.attrs:
+                raise KeyError("promptseg")
+            return cls(group, path)
+        except CacheError:
+            raise
+        except Exception as e:
+            raise CacheError(f"{path} is not a promptseg embedding cache ({type(e).__name__}); delete it or choose another path") from e
+
+    # -- access -----------------------------------------------------------------------------
+    @property
+    def signature(self) -> dict:
+        return self.meta["signature"]
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.meta["n"])
+
+    @property
+    def frame(self) -> Frame:
+        f = self.meta["frame"]
+        return Frame(tuple(f["original"]), tuple(f["input"]), int(f["size"]))
+
+    def check(self, signature: dict) -> None:
+        """Raise :class:`CacheError` naming the first difference from ``signature``."""
+        mine = self.signature
+        where = self.path or "the embedding store"
+        for key, what in (
+            ("format", "another promptseg cache format"),
+            ("shape", "another image (shape differs)"),
+            ("dtype", "another image (dtype differs)"),
+            ("axis", "another slicing axis"),  # before "data": the data hash is read along the axis
+            ("data", "another image (its pixels differ)"),
+            ("model", f"another model ({mine.get('model_name')})"),
+            ("preprocessing", "another preprocessing (intensity window or resize)"),
+            ("precision", "another precision"),
+        ):
+            if mine.get(key) != signature.get(key):
+                raise CacheError(f"{where} was made for {what}; use another cache path or overwrite=True")
+
+    def is_done(self, i: int) -> bool:
+        return bool(self.done_flags[i])
+
+    def missing(self) -> list[int]:
+        """Indices of slices not yet embedded."""
+        return [int(i) for i in np.flatnonzero(self.done_flags[:] == 0)]
+
+    def get(self, i: int) -> np.ndarray:
+        """Embedding of slice ``i``: float16 (C, g, g)."""
+        if not self.is_done(i):
+            raise CacheError(f"slice {i} is not embedded yet")
+        return self.features[i]
+
+    def put(self, i: int, features: np.ndarray) -> None:
+        """Store slice ``i`` (features first, then the done flag)."""
+        self.features[i] = features
+        self.done_flags[i] = 1
+
+
+def embed(
+    image,
+    model,
+    *,
+    axis: int | None = None,
+    cache: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+    modality: str | None = None,
+    window=None,
+    rgb: bool | None = None,
+    overwrite: bool = False,
+) -> EmbeddingStore:
+    """Compute (or resume, or reuse) the embeddings of a 2D image or a volume.
+
+    Parameters
+    ----------
+    image : (H, W) grey, (H, W, 3|4) RGB(A), or (Z, H, W) volume; numpy or any lazily sliceable array.
+    model : PromptModel from :func:`promptseg.load_model`.
+    axis : slicing axis of a volume (default 0).
+    cache : zarr folder to keep the embeddings in; ``None`` keeps them in memory.
+    batch_size : slices per encoder call (default 1 on CPU, 8 on GPU).
+    progress : called as ``progress(done, total)`` after each batch.
+    modality, window, rgb : intensity handling, see :mod:`promptseg.preprocess`.
+    overwrite : replace a cache made for something else instead of raising :class:`CacheError`.
+
+    Returns
+    -------
+    EmbeddingStore with every slice embedded.
+    """
+    embedder = Embedder(model, image, axis=axis, modality=modality, window=window, rgb=rgb)
+    store = open_store(embedder, cache, overwrite=overwrite)
+    fill(store, embedder, store.missing(), batch_size=batch_size, progress=progress)
+    return store
+
+
+def open_store(embedder: Embedder, cache=None, *, overwrite=False) -> EmbeddingStore:
+    """The store for ``embedder``'s image and model at ``cache`` (created empty if absent)."""
+    g = embedder.model.sam.prompt_encoder.image_embedding_size
+    shape = (embedder.model.sam.prompt_encoder.embed_dim, g[0], g[1])
+    return EmbeddingStore.open_or_create(cache, embedder.signature(), embedder.n_slices, shape, embedder.frame, overwrite=overwrite)
+
+
+def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None, progress: Progress | None = None) -> None:
+    """Embed ``indices`` into ``store`` batch by batch (peak memory: one batch)."""
+    indices = [i for i in indices if not store.is_done(i)]
+    if batch_size is None:
+        batch_size = 1 if embedder.model.device.type == "cpu" else 8
+    total, done = len(indices), 0
+    for start in range(0, total, batch_size):
+        chunk = indices[start : start + batch_size]
+        feats = embedder.compute(chunk)
+        for i, f in zip(chunk, feats):
+            store.put(i, f)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)

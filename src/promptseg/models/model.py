@@ -1,0 +1,138 @@
+"""PromptModel: a Segment Anything style model bound to its registry entry and device.
+
+It is the only place that calls the torch modules: ``encode`` turns resized uint8 RGB images into
+embeddings, ``decode`` turns prompts in the encoder's input frame into low-resolution logits, and
+``upscale`` brings logits back to full resolution exactly as ``Sam.postprocess_masks`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+
+from .registry import ModelSpec
+
+
+@dataclass(eq=False)
+class PromptModel:
+    """A loaded model.
+
+    Attributes
+    ----------
+    sam : the ``segment_anything.modeling.Sam`` module, in eval mode on ``device``.
+    spec : its registry entry (input size, resize rule, normalisation).
+    device : torch device it runs on.
+    checkpoint : file the weights came from (``None`` for an in-memory model).
+    """
+
+    sam: Sam
+    spec: ModelSpec
+    device: torch.device
+    checkpoint: Path | None = None
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square, padded encoder input in pixels."""
+        return self.sam.image_encoder.img_size
+
+    @property
+    def lowres_size(self) -> int:
+        """Side of the low-resolution logits (4x the embedding grid; 256 for SAM)."""
+        return 4 * self.sam.prompt_encoder.image_embedding_size[0]
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the embeddings: encoder weights and normalisation."""
+        if self._fingerprint is None:
+            h = hashlib.blake2b(digest_size=16)
+            for key, t in sorted(self.sam.image_encoder.state_dict().items()):
+                h.update(key.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            h.update(np.asarray([self.spec.pixel_mean, self.spec.pixel_std], dtype=np.float64).tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    @torch.inference_mode()
+    def encode(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Embed a batch of images already resized to the input frame.
+
+        Parameters
+        ----------
+        images : list of uint8 arrays (h, w, 3), each with max(h, w) == input_size (``longest``) or
+            h == w == input_size (``square``). Sizes may differ within the batch.
+
+        Returns
+        -------
+        float32 tensor (B, C, g, g) on ``device`` (C = 256, g = 64 for SAM).
+        """
+        batch = [
+            self.sam.preprocess(torch.as_tensor(im, device=self.device).permute(2, 0, 1).float()[None])
+            for im in images
+        ]
+        return self.sam.image_encoder(torch.cat(batch))
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        features: torch.Tensor,
+        points_xy: np.ndarray | None,
+        labels: np.ndarray | None,
+        box_xyxy: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run prompt encoder and mask decoder for one image (mirrors ``SamPredictor.predict_torch``).
+
+        Parameters
+        ----------
+        features : (1, C, g, g) float tensor on ``device``.
+        points_xy : (N, 2) float, SAM (x, y) order in the *input frame* (after resizing), or None.
+        labels : (N,) int, 1 positive, 0 negative.
+        box_xyxy : (4,) float in the input frame, or None.
+        mask_input : (1, L, L) float32 low-resolution logits of an earlier prediction, or None.
+        multimask : return the three ambiguity-aware masks instead of one.
+
+        Returns
+        -------
+        logits (K, L, L) float32 and predicted IoU (K,) float32, K = 3 or 1, as numpy arrays.
+        """
+        dev = self.device
+        points = None
+        if points_xy is not None and len(points_xy):
+            points = (
+                torch.as_tensor(points_xy, dtype=torch.float, device=dev)[None],
+                torch.as_tensor(labels, dtype=torch.int, device=dev)[None],
+            )
+        box = None if box_xyxy is None else torch.as_tensor(box_xyxy, dtype=torch.float, device=dev)[None]
+        mask = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float, device=dev)[None]
+        pe = self.sam.prompt_encoder
+        sparse, dense = pe(points=points, boxes=box, masks=mask)
+        low, iou = self.sam.mask_decoder(
+            image_embeddings=features,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        return low[0].float().cpu().numpy(), iou[0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def upscale(self, logits: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int]) -> np.ndarray:
+        """Low-resolution logits (L, L) -> full-resolution logits (H, W) float32.
+
+        Upsample to the padded input, crop the valid (h, w) part, resize to the original (H, W): the same
+        steps and interpolation as ``Sam.postprocess_masks``.
+        """
+        t = torch.as_tensor(logits, dtype=torch.float, device=self.device)[None, None]
+        out = self.sam.postprocess_masks(t, tuple(input_hw), tuple(original_hw))
+        return out[0, 0].cpu().numpy()

@@ -1,0 +1,376 @@
+"""Session: one object being segmented in one image, with its prompts, logits and undo history.
+
+Every call returns a :class:`Prediction`: a read-only view of the current-object mask (image shape; no
+copy of a volume is made per click), the decoder's predicted IoU, and the region that changed, so a
+viewer repaints only that box. Prompts live per slice (2D: the one slice); after the first prediction on
+a slice, its best low-resolution logits are fed back as ``mask_input`` with all of the slice's prompts,
+as Segment Anything's interactive loop does. ``commit()`` moves the object into ``labels`` with a new id.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .embeddings import Embedder, EmbeddingStore, fill, open_store
+from .errors import ImageError, PromptError
+from .preprocess import spatial_shape
+from .prompts import Box, Point, as_coords, check_inside, clip_box, one_slice, scribble_to_points
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Result of a prompt.
+
+    mask : bool array of the image's spatial shape, a read-only view of the session's buffer.
+    score : the decoder's predicted IoU of the chosen mask (1.0 for a mask set by hand).
+    bbox : tuple of slices (image axes) bounding everything that changed; repaint only this region.
+    """
+
+    mask: np.ndarray
+    score: float
+    bbox: tuple
+
+
+@dataclass(frozen=True)
+class _SliceState:
+    """Immutable state of the current object on one slice (an undo step swaps these)."""
+
+    points: tuple = ()
+    box: Box | None = None
+    logits: np.ndarray | None = None  # (1, L, L) float32, fed back as mask_input
+    score: float = 0.0
+    bits: np.ndarray | None = None  # np.packbits of the slice mask; None = empty
+    extent: tuple | None = None  # (r0, r1, c0, c1) half-open bounds of the mask, None = empty
+
+    @property
+    def empty(self) -> bool:
+        return self.bits is None and not self.points and self.box is None
+
+
+_EMPTY = _SliceState()
+
+
+class Session:
+    """Interactive segmentation of one image, one object at a time.
+
+    Parameters
+    ----------
+    model : PromptModel from :func:`promptseg.load_model`.
+    image : (H, W), (H, W, 3|4) or (Z, H, W) array-like; prompts use its coordinates.
+    embeddings : EmbeddingStore from :func:`promptseg.embed` for this image and model; when absent,
+        slices are embedded in memory on first use.
+    labels : existing int labels of the image's spatial shape to continue or correct (used in place
+        when already int32 and writable); default: zeros.
+    overwrite : whether ``commit`` may overwrite earlier objects (default: it fills only background).
+    axis : slicing axis of a volume (default: the store's, else 0).
+    modality, window, rgb : intensity handling, see :mod:`promptseg.preprocess` (default: the store's).
+    threshold : logit threshold of the mask (0.0 as in SAM).
+    """
+
+    def __init__(self, model, image, embeddings: EmbeddingStore | None = None, *, labels=None, overwrite=False,
+                 axis=None, modality=None, window=None, rgb=None, threshold: float = 0.0):
+        self.model = model
+        self.image = image
+        if embeddings is not None:
+            sig = embeddings.signature
+            pre = sig.get("preprocessing", {})
+            if window is None and modality is None and pre.get("lo") is not None:
+                window = (pre["lo"], pre["hi"])
+            axis = sig.get("axis") if axis is None else axis
+        self._embedder = Embedder(model, image, axis=axis, modality=modality, window=window, rgb=rgb)
+        self.shape = self._embedder.spatial
+        self.axis = self._embedder.axis
+        if embeddings is not None:
+            embeddings.check(self._embedder.signature())
+            self.store = embeddings
+        else:
+            self.store = open_store(self._embedder, None)
+        self.frame = self._embedder.frame
+        self.threshold = float(threshold)
+        self.overwrite = bool(overwrite)
+        self._mask = np.zeros(self.shape, dtype=bool)
+        if labels is None:
+            labels = np.zeros(self.shape, dtype=np.int32)
+        labels = np.asarray(labels)
+        if labels.shape != self.shape:
+            raise ImageError(f"labels of shape {labels.shape} do not match the image's spatial shape {self.shape}")
+        if labels.dtype != np.int32 or not labels.flags.writeable:
+            labels = labels.astype(np.int32)
+        self.labels = labels
+        self.objects: list[dict] = []  # per committed object: its id and the prompts that made it
+        self._states: dict[int, _SliceState] = {}
+        self._undo: list[dict] = []
+        self._redo: list[dict] = []
+        self._feature_cache: OrderedDict = OrderedDict()
+
+    # -- public prompting API ---------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The current object's mask, bool of the image's spatial shape (read-only view)."""
+        view = self._mask.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def add_point(self, coords, positive: bool = True) -> Prediction:
+        """Add a click at ``(row, col)`` / ``(z, row, col)``; ``positive=False`` marks background."""
+        pts = as_coords(coords, self.ndim, "point")
+        if len(pts) != 1:
+            raise PromptError(f"add_point takes one point, got {len(pts)}; use add_points")
+        return self.add_points(pts, [positive])
+
+    def add_points(self, coords, positive) -> Prediction:
+        """Add several clicks on one slice in one step; ``positive``: bool per point (or one bool)."""
+        pts = as_coords(coords, self.ndim, "point")
+        check_inside(pts, self.shape, "point")
+        flags = np.broadcast_to(np.asarray(positive, dtype=bool), (len(pts),))
+        k, rc = self._split(pts, "points")
+        state = self._states.get(k, _EMPTY)
+        new = tuple(Point((float(r), float(c)), bool(f)) for (r, c), f in zip(rc, flags))
+        return self._update(k, replace(state, points=state.points + new))
+
+    def add_box(self, corner_a, corner_b) -> Prediction:
+        """Add (or replace) the box of the slice, given two opposite corners; clipped to the image."""
+        corners = as_coords([corner_a, corner_b], self.ndim, "box corner")
+        k, rc = self._split(corners, "box")
+        (r0, c0), (r1, c1) = clip_box(rc, self._plane_shape())
+        state = self._states.get(k, _EMPTY)
+        return self._update(k, replace(state, box=Box(float(r0), float(c0), float(r1), float(c1))))
+
+    def add_scribble(self, points, positive: bool = True) -> Prediction:
+        """Add a squiggle, a polyline (N, ndim) on one slice.
+
+        Models without a squiggle input receive well-spread points along the stroke
+        (:func:`promptseg.prompts.scribble_to_points`); the parts of the stroke outside the image are
+        dropped.
+        """
+        poly = as_coords(points, self.ndim, "scribble")
+        k, rc = self._split(poly, "scribble")
+        shape2 = self._plane_shape()
+        spread = scribble_to_points(rc)
+        spread = spread[np.all((spread >= -0.5) & (spread <= np.asarray(shape2) - 0.5), axis=1)]
+        if not len(spread):
+            raise PromptError(f"scribble lies outside the image of shape {self.shape}")
+        full = spread if self.ndim == 2 else np.insert(spread, 0, k, axis=1)
+        if self.ndim == 3:
+            full = self._from_plane(full)
+        return self.add_points(full, positive)
+
+    def set_mask(self, mask, z: int | None = None) -> Prediction:
+        """Start from (or replace the object by) an existing mask.
+
+        ``mask`` has the image's spatial shape, or, in 3D with ``z`` given, the shape of one slice.
+        Its low-resolution version becomes the ``mask_input`` of the next prompt on each slice.
+        """
+        mask = np.asarray(mask).astype(bool)
+        if self.ndim == 3 and z is not None:
+            if mask.shape != self._plane_shape():
+                raise ImageError(f"mask of shape {mask.shape} does not fit slice shape {self._plane_shape()}")
+            if not 0 <= z < self.store.n_slices:
+                raise PromptError(f"slice {z} is outside 0..{self.store.n_slices - 1}")
+            planes = {int(z): mask}
+        elif mask.shape != self.shape:
+            raise ImageError(f"mask of shape {mask.shape} does not match the image's spatial shape {self.shape}")
+        elif self.ndim == 2:
+            planes = {0: mask}
+        else:
+            vol = np.moveaxis(mask, self.axis, 0)
+            present = set(np.flatnonzero(vol.reshape(len(vol), -1).any(axis=1)).tolist())
+            planes = {int(k): vol[k] for k in present | set(self._states)}
+        step = {}
+        for k, m in planes.items():
+            if m.any():
+                bits, extent = _pack(m)
+                new = _SliceState(logits=self.frame.mask_to_lowres(m, self.model.lowres_size), score=1.0, bits=bits, extent=extent)
+            else:
+                new = _EMPTY
+            step[k] = (self._states.get(k, _EMPTY), new)
+        return self._apply(step, record=True)
+
+    def predict(self, z: int | None = None) -> Prediction:
+        """Run the decoder again from the slice's prompts alone (no fed-back mask)."""
+        k = self._slice_index(z)
+        state = self._states.get(k, _EMPTY)
+        if not state.points and state.box is None:
+            raise PromptError("no prompts on this slice to predict from")
+        return self._update(k, replace(state, logits=None))
+
+    def undo(self) -> Prediction | None:
+        """Undo the last prompt, mask or reset; ``None`` when there is nothing to undo."""
+        if not self._undo:
+            return None
+        step = self._undo.pop()
+        self._redo.append(step)
+        return self._apply({k: (after, before) for k, (before, after) in step.items()}, record=False)
+
+    def redo(self) -> Prediction | None:
+        """Redo the last undone step; ``None`` when there is nothing to redo."""
+        if not self._redo:
+            return None
+        step = self._redo.pop()
+        self._undo.append(step)
+        return self._apply(step, record=False)
+
+    def reset(self) -> Prediction:
+        """Clear the current object (all prompts, all slices); undoable."""
+        return self._apply({k: (s, _EMPTY) for k, s in self._states.items()}, record=True)
+
+    def commit(self, overwrite: bool | None = None) -> int:
+        """Write the current object into ``labels`` under a new id and start the next object.
+
+        Only background pixels are written unless ``overwrite`` (default: the session's setting).
+        Returns the new id. Clears the prompts and the undo history of the object.
+        """
+        overwrite = self.overwrite if overwrite is None else overwrite
+        filled = {k: s for k, s in self._states.items() if s.bits is not None}
+        if not filled:
+            raise PromptError("nothing to commit: the current object is empty")
+        label_id = int(self.labels.max(initial=0)) + 1
+        labels = self._planes(self.labels)
+        masks = self._planes(self._mask)
+        for k in filled:
+            m = masks[k]
+            target = labels[k]
+            target[m if overwrite else (m & (target == 0))] = label_id
+            m[:] = False
+        self.objects.append({"id": label_id, "prompts": self.prompts()})
+        self._states.clear()
+        self._undo.clear()
+        self._redo.clear()
+        return label_id
+
+    def prompts(self) -> dict:
+        """The current object's prompts per slice, JSON-able: {slice: {"points": [...], "box": ...}}."""
+        out = {}
+        for k, s in sorted(self._states.items()):
+            if s.points or s.box is not None:
+                out[int(k)] = {
+                    "points": [[*p.rc, int(p.positive)] for p in s.points],
+                    "box": None if s.box is None else [s.box.r0, s.box.c0, s.box.r1, s.box.c1],
+                }
+        return out
+
+    # -- internals --------------------------------------------------------------------------
+    def _plane_shape(self) -> tuple[int, int]:
+        return self.shape if self.ndim == 2 else tuple(s for i, s in enumerate(self.shape) if i != self.axis)
+
+    def _planes(self, arr: np.ndarray) -> np.ndarray:
+        """View of a spatial array as (n_slices, H, W) along the slicing axis."""
+        return arr[None] if self.ndim == 2 else np.moveaxis(arr, self.axis, 0)
+
+    def _split(self, coords: np.ndarray, what: str) -> tuple[int, np.ndarray]:
+        """(N, ndim) image coordinates -> (slice index, (N, 2) in-plane (row, col))."""
+        if self.ndim == 2:
+            return 0, coords
+        moved = np.concatenate([coords[:, [self.axis]], np.delete(coords, self.axis, axis=1)], axis=1)
+        k = one_slice(moved, what)
+        if not 0 <= k < self.shape[self.axis]:
+            raise PromptError(f"{what} on slice {k} lies outside the volume of shape {self.shape}")
+        return k, moved[:, 1:]
+
+    def _from_plane(self, coords: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`_split` for (N, 3) (k, row, col) coordinates."""
+        return np.insert(coords[:, 1:], self.axis, coords[:, 0], axis=1)
+
+    def _slice_index(self, z) -> int:
+        if self.ndim == 2:
+            return 0
+        if z is None:
+            if len(self._states) != 1:
+                raise PromptError("say which slice: the object has prompts on several slices (or none)")
+            return next(iter(self._states))
+        return int(z)
+
+    def _features(self, k: int):
+        import torch
+
+        if k not in self._feature_cache:
+            if not self.store.is_done(k):
+                fill(self.store, self._embedder, [k])
+            feats = torch.as_tensor(np.asarray(self.store.get(k), dtype=np.float32), device=self.model.device)[None]
+            self._feature_cache[k] = feats
+            while len(self._feature_cache) > 4:
+                self._feature_cache.popitem(last=False)
+        return self._feature_cache[k]
+
+    def _update(self, k: int, state: _SliceState) -> Prediction:
+        """Decode ``state``'s prompts on slice ``k`` (feeding back its logits) and record the step."""
+        before = self._states.get(k, _EMPTY)
+        points = state.points
+        xy = self.frame.to_input_xy([p.rc for p in points]) if points else None
+        labels = np.array([int(p.positive) for p in points]) if points else None
+        box = None if state.box is None else self.frame.box_to_input(state.box.r0, state.box.c0, state.box.r1, state.box.c1)
+        multimask = len(points) == 1 and box is None and state.logits is None
+        low, iou = self.model.decode(self._features(k), xy, labels, box, state.logits, multimask)
+        best = int(np.argmax(iou)) if multimask else 0
+        full = self.model.upscale(low[best], self.frame.input, self.frame.original) > self.threshold
+        bits, extent = _pack(full) if full.any() else (None, None)
+        after = replace(state, logits=low[best : best + 1].copy(), score=float(iou[best]), bits=bits, extent=extent)
+        return self._apply({k: (before, after)}, record=True)
+
+    def _apply(self, step: dict, record: bool) -> Prediction:
+        """Make each slice's state ``after`` (step: {k: (before, after)}); paint the masks; report."""
+        planes = self._planes(self._mask)
+        rows, cols, ks, score = [], [], [], 1.0
+        plane_shape = planes.shape[1:]
+        for k, (before, after) in step.items():
+            if after.empty:
+                self._states.pop(k, None)
+            else:
+                self._states[k] = after
+            for ext in (before.extent, after.extent):
+                if ext is not None:
+                    rows += ext[:2]
+                    cols += ext[2:]
+                    ks.append(k)
+            if before.extent is not None:
+                r0, r1, c0, c1 = before.extent
+                planes[k, r0:r1, c0:c1] = False
+            if after.bits is not None:
+                planes[k] = _unpack(after.bits, plane_shape)
+            score = after.score
+        if record and step:
+            self._undo.append(step)
+            self._redo.clear()
+        if rows:
+            box2 = (slice(min(rows), max(rows)), slice(min(cols), max(cols)))
+        else:
+            box2 = (slice(0, 0), slice(0, 0))
+        if self.ndim == 2:
+            bbox = box2
+        else:
+            kslice = slice(min(ks), max(ks) + 1) if ks else slice(0, 0)
+            bbox = _insert(box2, self.axis, kslice)
+        return Prediction(self.mask, score, bbox)
+
+
+def _insert(box2: tuple, axis: int, item) -> tuple:
+    parts = list(box2)
+    parts.insert(axis, item)
+    return tuple(parts)
+
+
+def _pack(mask: np.ndarray):
+    """bool (H, W) -> (packed bits, (r0, r1, c0, c1) half-open extent)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return np.packbits(mask), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+
+
+def _unpack(bits: np.ndarray, shape) -> np.ndarray:
+    n = int(np.prod(shape))
+    return np.unpackbits(bits, count=n).view(bool).reshape(shape)
