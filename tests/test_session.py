@@ -128,12 +128,31 @@ def test_set_mask_then_correct(session):
     assert np.array_equal(session.undo().mask, m)
 
 
-def test_scribble_becomes_spread_points(session):
-    stroke = [(100, 150), (120, 180), (150, 220), (180, 230), (200, 250)]
-    session.add_scribble(stroke)
-    pts = session.prompts()[0]["points"]
-    assert 2 <= len(pts) <= 8
-    assert pts[0][:2] == [100.0, 150.0] and pts[-1][:2] == [200.0, 250.0]
+def test_scribble_is_kept_as_a_stroke_and_decoded_as_spread_points(small_sam, rgb_image, monkeypatch):
+    model, _ = small_sam
+    s = ps.Session(model, rgb_image)
+    seen = []
+    real = model.decode
+    monkeypatch.setattr(model, "decode", lambda f, xy, lab, *a: seen.append((xy, lab)) or real(f, xy, lab, *a))
+    stroke = [(100, 150), (120, 180), (150, 220), (180, 230), (200, 250), (400, 260)]  # last vertex off-image
+    s.add_scribble(stroke, positive=False)
+    assert s.prompts()[0]["scribbles"] == [[[list(map(float, v)) for v in stroke[:-1]], 0]]
+    xy, labels = seen[-1]
+    assert 2 <= len(xy) <= 8 and not labels.any()
+    first = s.frame.to_input_xy([(100, 150)])[0]
+    assert np.allclose(xy[0], first)  # SAM (x, y) of the stroke's first vertex
+
+
+def test_set_prompts_replaces_the_slice_prompts(session):
+    session.add_point((150, 200))
+    session.add_point((20, 20), positive=False)
+    p = session.set_prompts(points=[(150, 200)], positive=[True], box=((100, 100), (200, 300)))
+    pr = session.prompts()[0]
+    assert pr["points"] == [[150.0, 200.0, 1]] and pr["box"] == [100.0, 100.0, 200.0, 300.0]
+    assert p.mask.any()
+    p = session.set_prompts()  # nothing left: the object is cleared, undoably
+    assert not p.mask.any() and session.prompts() == {}
+    assert session.undo().mask.any()
 
 
 @pytest.mark.parametrize(
@@ -203,3 +222,25 @@ def test_session_reuses_a_matching_store_and_refuses_another(small_sam, default_
     other[0, 0, 0] ^= 1
     with pytest.raises(ps.CacheError, match="another image"):
         ps.Session(model, other, embeddings=store)
+
+
+def test_edit_a_committed_object_keeps_its_id(small_sam, rgb_image):
+    model, _ = small_sam
+    s = ps.Session(model, rgb_image)
+    a = np.zeros((300, 500), bool)
+    a[10:60, 10:60] = True
+    s.set_mask(a)
+    s.commit()
+    b = np.zeros((300, 500), bool)
+    b[100:150, 100:150] = True
+    s.set_mask(b)
+    s.commit()
+    p = s.edit(1)
+    assert np.array_equal(p.mask, a) and s.bbox == (slice(10, 60), slice(10, 60))
+    smaller = np.zeros((300, 500), bool)
+    smaller[20:40, 20:40] = True
+    s.set_mask(smaller)
+    assert s.commit() == 1
+    assert np.array_equal(s.labels == 1, smaller) and np.array_equal(s.labels == 2, b)
+    with pytest.raises(ps.PromptError, match="no object with id 9"):
+        s.edit(9)

@@ -178,7 +178,7 @@ def _write_overlay(path, session, image, mask, pts, pred):
 
     from .visualize import overlay
 
-    emb = session._embedder
+    emb = session.embedder
     if session.ndim == 3:  # show the slice that was prompted
         k = pred.bbox[session.axis].start
         raw, mask2 = emb.raw_slice(k), np.moveaxis(mask, session.axis, 0)[k]
@@ -196,6 +196,15 @@ def _write_overlay(path, session, image, mask, pts, pred):
         if os.path.exists(tmp):
             os.remove(tmp)
     print(f"overlay: {path}")
+
+
+def cmd_annotate(args) -> int:
+    import importlib
+
+    # promptseg.napari is the one layer allowed to import Qt/napari; load it by name, only for this command
+    launch = importlib.import_module("promptseg.napari._launch").launch
+    launch(args.image, sample=args.sample, model=args.model, checkpoint=args.checkpoint, device=args.device)
+    return 0
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -247,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_image_args(p)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("annotate", help="open napari with the promptseg Annotator",
+                       description="Open napari with an image (or a bundled sample) and the promptseg Annotator docked; "
+                                   "embedding starts at once. Needs the napari extra: pip install 'promptseg[napari]'.")
+    p.add_argument("image", nargs="?", help="image file to open (any format napari or promptseg reads)")
+    p.add_argument("--sample", help="bundled sample instead of a file: coins, cell, ihc, camera, ct_lesions, large_2d")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_annotate)
     return parser
 
 

@@ -40,6 +40,7 @@ class _SliceState:
 
     points: tuple = ()
     box: Box | None = None
+    scribbles: tuple = ()  # ((stroke as tuple of (row, col)), positive) pairs
     logits: np.ndarray | None = None  # (1, L, L) float32, fed back as mask_input
     score: float = 0.0
     bits: np.ndarray | None = None  # np.packbits of the slice mask; None = empty
@@ -47,7 +48,11 @@ class _SliceState:
 
     @property
     def empty(self) -> bool:
-        return self.bits is None and not self.points and self.box is None
+        return self.bits is None and not self.has_prompts
+
+    @property
+    def has_prompts(self) -> bool:
+        return bool(self.points or self.scribbles) or self.box is not None
 
 
 _EMPTY = _SliceState()
@@ -68,27 +73,32 @@ class Session:
     axis : slicing axis of a volume (default: the store's, else 0).
     modality, window, rgb : intensity handling, see :mod:`promptseg.preprocess` (default: the store's).
     threshold : logit threshold of the mask (0.0 as in SAM).
+    embedder : an :class:`~promptseg.embeddings.Embedder` already made for this image and model (it
+        replaces ``axis``/``modality``/``window``/``rgb`` and saves hashing the image a second time).
     """
 
     def __init__(self, model, image, embeddings: EmbeddingStore | None = None, *, labels=None, overwrite=False,
-                 axis=None, modality=None, window=None, rgb=None, threshold: float = 0.0):
+                 axis=None, modality=None, window=None, rgb=None, threshold: float = 0.0, embedder: Embedder | None = None):
         self.model = model
         self.image = image
-        if embeddings is not None:
+        if embedder is not None:
+            if embedder.model is not model or embedder.image is not image:
+                raise ValueError("the embedder was made for another model or image")
+        elif embeddings is not None:
             sig = embeddings.signature
             pre = sig.get("preprocessing", {})
             if window is None and modality is None and pre.get("lo") is not None:
                 window = (pre["lo"], pre["hi"])
             axis = sig.get("axis") if axis is None else axis
-        self._embedder = Embedder(model, image, axis=axis, modality=modality, window=window, rgb=rgb)
-        self.shape = self._embedder.spatial
-        self.axis = self._embedder.axis
+        self.embedder = embedder or Embedder(model, image, axis=axis, modality=modality, window=window, rgb=rgb)
+        self.shape = self.embedder.spatial
+        self.axis = self.embedder.axis
         if embeddings is not None:
-            embeddings.check(self._embedder.signature())
+            embeddings.check(self.embedder.signature())
             self.store = embeddings
         else:
-            self.store = open_store(self._embedder, None)
-        self.frame = self._embedder.frame
+            self.store = open_store(self.embedder, None)
+        self.frame = self.embedder.frame
         self.threshold = float(threshold)
         self.overwrite = bool(overwrite)
         self._mask = np.zeros(self.shape, dtype=bool)
@@ -101,6 +111,7 @@ class Session:
             labels = labels.astype(np.int32)
         self.labels = labels
         self.objects: list[dict] = []  # per committed object: its id and the prompts that made it
+        self.editing: int | None = None  # id of the committed object being corrected, see edit()
         self._states: dict[int, _SliceState] = {}
         self._undo: list[dict] = []
         self._redo: list[dict] = []
@@ -125,6 +136,19 @@ class Session:
     @property
     def can_redo(self) -> bool:
         return bool(self._redo)
+
+    @property
+    def bbox(self) -> tuple | None:
+        """Slices (image axes) bounding the current object, or None when it is empty."""
+        filled = {k: s.extent for k, s in self._states.items() if s.extent is not None}
+        if not filled:
+            return None
+        r0 = min(e[0] for e in filled.values())
+        r1 = max(e[1] for e in filled.values())
+        c0 = min(e[2] for e in filled.values())
+        c1 = max(e[3] for e in filled.values())
+        box2 = (slice(r0, r1), slice(c0, c1))
+        return box2 if self.ndim == 2 else _insert(box2, self.axis, slice(min(filled), max(filled) + 1))
 
     def add_point(self, coords, positive: bool = True) -> Prediction:
         """Add a click at ``(row, col)`` / ``(z, row, col)``; ``positive=False`` marks background."""
@@ -152,23 +176,41 @@ class Session:
         return self._update(k, replace(state, box=Box(float(r0), float(c0), float(r1), float(c1))))
 
     def add_scribble(self, points, positive: bool = True) -> Prediction:
-        """Add a squiggle, a polyline (N, ndim) on one slice.
+        """Add a squiggle, a polyline (N, ndim) on one slice; parts outside the image are dropped.
 
         Models without a squiggle input receive well-spread points along the stroke
-        (:func:`promptseg.prompts.scribble_to_points`); the parts of the stroke outside the image are
-        dropped.
+        (:func:`promptseg.prompts.scribble_to_points`).
         """
         poly = as_coords(points, self.ndim, "scribble")
         k, rc = self._split(poly, "scribble")
-        shape2 = self._plane_shape()
-        spread = scribble_to_points(rc)
-        spread = spread[np.all((spread >= -0.5) & (spread <= np.asarray(shape2) - 0.5), axis=1)]
-        if not len(spread):
-            raise PromptError(f"scribble lies outside the image of shape {self.shape}")
-        full = spread if self.ndim == 2 else np.insert(spread, 0, k, axis=1)
-        if self.ndim == 3:
-            full = self._from_plane(full)
-        return self.add_points(full, positive)
+        stroke = _clip_stroke(rc, self._plane_shape())
+        state = self._states.get(k, _EMPTY)
+        return self._update(k, replace(state, scribbles=state.scribbles + ((stroke, bool(positive)),)))
+
+    def set_prompts(self, z: int | None = None, *, points=(), positive=(), box=None, scribbles=()) -> Prediction:
+        """Replace all prompts of a slice and predict from them afresh (one undo step).
+
+        For viewers where a user deletes or moves prompts. Coordinates are in-plane ``(row, col)``:
+        ``points`` (N, 2) with ``positive`` (N,) bools, ``box`` ((r0, c0), (r1, c1)) or None,
+        ``scribbles`` a list of ((M, 2) polyline, positive). ``z`` is the slice (3D only).
+        With no prompts left the slice is cleared.
+        """
+        k = 0 if self.ndim == 2 else int(z)
+        plane = self._plane_shape()
+        if self.ndim == 3 and not 0 <= k < self.store.n_slices:
+            raise PromptError(f"slice {k} is outside 0..{self.store.n_slices - 1}")
+        pts = as_coords(points, 2, "point") if len(points) else np.zeros((0, 2))
+        check_inside(pts, plane, "point")
+        flags = np.broadcast_to(np.asarray(positive, dtype=bool), (len(pts),))
+        state = _SliceState(points=tuple(Point((float(r), float(c)), bool(f)) for (r, c), f in zip(pts, flags)))
+        if box is not None:
+            (r0, c0), (r1, c1) = clip_box(as_coords(box, 2, "box corner"), plane)
+            state = replace(state, box=Box(float(r0), float(c0), float(r1), float(c1)))
+        strokes = tuple((_clip_stroke(as_coords(line, 2, "scribble"), plane), bool(f)) for line, f in scribbles)
+        state = replace(state, scribbles=strokes)
+        if not state.has_prompts:
+            return self._apply({k: (self._states.get(k, _EMPTY), _EMPTY)}, record=True)
+        return self._update(k, state)
 
     def set_mask(self, mask, z: int | None = None) -> Prediction:
         """Start from (or replace the object by) an existing mask.
@@ -205,7 +247,7 @@ class Session:
         """Run the decoder again from the slice's prompts alone (no fed-back mask)."""
         k = self._slice_index(z)
         state = self._states.get(k, _EMPTY)
-        if not state.points and state.box is None:
+        if not state.has_prompts:
             raise PromptError("no prompts on this slice to predict from")
         return self._update(k, replace(state, logits=None))
 
@@ -229,17 +271,36 @@ class Session:
         """Clear the current object (all prompts, all slices); undoable."""
         return self._apply({k: (s, _EMPTY) for k, s in self._states.items()}, record=True)
 
-    def commit(self, overwrite: bool | None = None) -> int:
-        """Write the current object into ``labels`` under a new id and start the next object.
+    def edit(self, label_id: int) -> Prediction:
+        """Load committed object ``label_id`` as the current object, to correct it with prompts.
 
-        Only background pixels are written unless ``overwrite`` (default: the session's setting).
-        Returns the new id. Clears the prompts and the undo history of the object.
+        The labels are not touched until :meth:`commit`, which then replaces the object's pixels and
+        keeps its id.
+        """
+        mask = self.labels == int(label_id)
+        if label_id <= 0 or not mask.any():
+            raise PromptError(f"there is no object with id {label_id} in the labels")
+        pred = self.set_mask(mask)
+        self.editing = int(label_id)
+        return pred
+
+    def commit(self, overwrite: bool | None = None) -> int:
+        """Write the current object into ``labels`` and start the next object.
+
+        The object gets a new id (``max(labels) + 1``), or keeps its id when it came from :meth:`edit`
+        (its old pixels are cleared first). Only background pixels are written unless ``overwrite``
+        (default: the session's setting). Clears the prompts and the undo history of the object.
+        Returns the id.
         """
         overwrite = self.overwrite if overwrite is None else overwrite
         filled = {k: s for k, s in self._states.items() if s.bits is not None}
         if not filled:
             raise PromptError("nothing to commit: the current object is empty")
-        label_id = int(self.labels.max(initial=0)) + 1
+        if self.editing is not None:
+            label_id = self.editing
+            self.labels[self.labels == label_id] = 0
+        else:
+            label_id = int(self.labels.max(initial=0)) + 1
         labels = self._planes(self.labels)
         masks = self._planes(self._mask)
         for k in filled:
@@ -247,20 +308,22 @@ class Session:
             target = labels[k]
             target[m if overwrite else (m & (target == 0))] = label_id
             m[:] = False
-        self.objects.append({"id": label_id, "prompts": self.prompts()})
+        self.objects.append({"id": label_id, "prompts": self.prompts(), "edited": self.editing is not None})
         self._states.clear()
         self._undo.clear()
         self._redo.clear()
+        self.editing = None
         return label_id
 
     def prompts(self) -> dict:
         """The current object's prompts per slice, JSON-able: {slice: {"points": [...], "box": ...}}."""
         out = {}
         for k, s in sorted(self._states.items()):
-            if s.points or s.box is not None:
+            if s.has_prompts:
                 out[int(k)] = {
                     "points": [[*p.rc, int(p.positive)] for p in s.points],
                     "box": None if s.box is None else [s.box.r0, s.box.c0, s.box.r1, s.box.c1],
+                    "scribbles": [[[list(rc) for rc in line], int(f)] for line, f in s.scribbles],
                 }
         return out
 
@@ -282,10 +345,6 @@ class Session:
             raise PromptError(f"{what} on slice {k} lies outside the volume of shape {self.shape}")
         return k, moved[:, 1:]
 
-    def _from_plane(self, coords: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`_split` for (N, 3) (k, row, col) coordinates."""
-        return np.insert(coords[:, 1:], self.axis, coords[:, 0], axis=1)
-
     def _slice_index(self, z) -> int:
         if self.ndim == 2:
             return 0
@@ -300,7 +359,7 @@ class Session:
 
         if k not in self._feature_cache:
             if not self.store.is_done(k):
-                fill(self.store, self._embedder, [k])
+                fill(self.store, self.embedder, [k])
             feats = torch.as_tensor(np.asarray(self.store.get(k), dtype=np.float32), device=self.model.device)[None]
             self._feature_cache[k] = feats
             while len(self._feature_cache) > 4:
@@ -310,11 +369,16 @@ class Session:
     def _update(self, k: int, state: _SliceState) -> Prediction:
         """Decode ``state``'s prompts on slice ``k`` (feeding back its logits) and record the step."""
         before = self._states.get(k, _EMPTY)
-        points = state.points
-        xy = self.frame.to_input_xy([p.rc for p in points]) if points else None
-        labels = np.array([int(p.positive) for p in points]) if points else None
+        rc = [p.rc for p in state.points]
+        flags = [int(p.positive) for p in state.points]
+        for line, positive in state.scribbles:
+            spread = scribble_to_points(np.asarray(line))
+            rc += [tuple(v) for v in spread]
+            flags += [int(positive)] * len(spread)
+        xy = self.frame.to_input_xy(rc) if rc else None
+        labels = np.array(flags) if rc else None
         box = None if state.box is None else self.frame.box_to_input(state.box.r0, state.box.c0, state.box.r1, state.box.c1)
-        multimask = len(points) == 1 and box is None and state.logits is None
+        multimask = len(state.points) == 1 and not state.scribbles and box is None and state.logits is None
         low, iou = self.model.decode(self._features(k), xy, labels, box, state.logits, multimask)
         best = int(np.argmax(iou)) if multimask else 0
         full = self.model.upscale(low[best], self.frame.input, self.frame.original) > self.threshold
@@ -356,6 +420,14 @@ class Session:
             kslice = slice(min(ks), max(ks) + 1) if ks else slice(0, 0)
             bbox = _insert(box2, self.axis, kslice)
         return Prediction(self.mask, score, bbox)
+
+
+def _clip_stroke(rc: np.ndarray, plane: tuple[int, int]) -> tuple:
+    """Keep the vertices of a stroke that lie on the slice; PromptError if none does."""
+    keep = rc[np.all((rc >= -0.5) & (rc <= np.asarray(plane) - 0.5), axis=1)]
+    if not len(keep):
+        raise PromptError(f"scribble lies outside the image of shape {tuple(plane)}")
+    return tuple((float(r), float(c)) for r, c in keep)
 
 
 def _insert(box2: tuple, axis: int, item) -> tuple:

@@ -21,6 +21,10 @@ ARCHS: dict[str, dict] = {
     # the shipped default until the trained model lands: windowed attention only, ~40 ms per 1024² image
     # on 2 CPU threads (a global block over 4096 tokens alone would cost ~0.5 s there)
     "tiny": dict(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=()),
+    # the trained default: a small CNN encoder (promptseg.models.tiny.CNNEncoder, stride 16) and a
+    # 128-wide SAM decoder; embed_dim/depth are the last stage's width and the number of residual blocks
+    "cnn_small": dict(encoder="cnn", embed_dim=160, depth=6, num_heads=0, global_attn_indexes=(),
+                      widths=(24, 48, 96, 160), blocks=(0, 1, 2, 3), prompt_embed_dim=128, decoder_mlp_dim=512),
 }
 
 
@@ -36,11 +40,12 @@ def build_sam(
 
     Parameters
     ----------
-    arch : key of :data:`ARCHS` (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``).
+    arch : key of :data:`ARCHS` (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``, ``cnn_small``).
     image_size : side of the square encoder input (the embedding grid is ``image_size // 16``).
     pixel_mean, pixel_std : normalisation registered as buffers of the model (0..255 scale).
     overrides : replace any entry of the architecture (``embed_dim``, ``depth``, ``num_heads``,
-        ``global_attn_indexes``, ``window_size``, ``prompt_embed_dim``, ``decoder_mlp_dim``).
+        ``global_attn_indexes``, ``window_size``, ``prompt_embed_dim``, ``decoder_mlp_dim``; for the CNN
+        encoder of ``cnn_small`` also ``widths`` and ``blocks``).
 
     Returns
     -------
@@ -48,7 +53,7 @@ def build_sam(
     """
     if arch not in ARCHS:
         raise ModelError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
-    cfg = dict(window_size=14, prompt_embed_dim=256, decoder_mlp_dim=2048, **ARCHS[arch])
+    cfg = {**dict(window_size=14, prompt_embed_dim=256, decoder_mlp_dim=2048), **ARCHS[arch]}
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ModelError(f"unknown architecture parameter(s) {sorted(unknown)} for {arch!r}")
@@ -56,8 +61,12 @@ def build_sam(
     patch = 16
     embed = cfg["prompt_embed_dim"]
     grid = image_size // patch
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
+    if cfg.get("encoder") == "cnn":
+        from .tiny import CNNEncoder
+
+        encoder = CNNEncoder(img_size=image_size, widths=tuple(cfg["widths"]), blocks=tuple(cfg["blocks"]), out_chans=embed)
+    else:
+        encoder = ImageEncoderViT(
             depth=cfg["depth"],
             embed_dim=cfg["embed_dim"],
             img_size=image_size,
@@ -70,7 +79,9 @@ def build_sam(
             global_attn_indexes=tuple(cfg["global_attn_indexes"]),
             window_size=cfg["window_size"],
             out_chans=embed,
-        ),
+        )
+    sam = Sam(
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=embed,
             image_embedding_size=(grid, grid),

@@ -1,0 +1,155 @@
+"""The annotator's napari layers and the translation between their contents and Session prompts.
+
+Four layers share the image's scale and translation, so their data coordinates are the image's pixel
+coordinates (napari order):
+
+* ``prompt points`` (Points): clicks; the ``positive`` feature marks foreground (green) or background
+  (magenta).
+* ``prompt shapes`` (Shapes): rectangles are boxes, paths are squiggles (``positive`` feature too).
+* ``current object`` (Labels, uint8): the live mask, repainted only where a prediction changed it.
+* ``committed objects`` (Labels, int32): shares its array with ``Session.labels``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
+
+from ..errors import PromptError
+from ..prompts import clip_box
+
+POSITIVE, NEGATIVE = "#33ff33", "#ff33ff"
+
+
+class PromptLayers:
+    """Create and hold the annotator's layers for one image.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer.
+    image_layer : the napari Image layer being annotated.
+    shape : spatial shape of the image (napari order).
+    labels : int32 array of that shape, shown as ``committed objects`` (shared, not copied).
+    committed : an existing Labels layer to reuse as ``committed objects`` (its data must be ``labels``).
+    """
+
+    def __init__(self, viewer, image_layer, shape, labels, committed=None):
+        self.viewer = viewer
+        self.ndim = len(shape)
+        self.shape = tuple(shape)
+        # the same world transform as the image: layer data coordinates are then image pixel coordinates
+        kw = dict(scale=tuple(image_layer.scale[-self.ndim :]), translate=tuple(image_layer.translate[-self.ndim :]))
+        self.current = viewer.add_labels(
+            np.zeros(shape, np.uint8), name="current object", opacity=0.55,
+            colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.8, 1.0, 1.0)}), **kw,
+        )
+        if committed is None:
+            committed = viewer.add_labels(labels, name="committed objects", opacity=0.45, **kw)
+        else:
+            committed.data = labels
+        self.committed = committed
+        size = max(4.0, max(shape[-2:]) / 50)
+        self.shapes = viewer.add_shapes(ndim=self.ndim, name="prompt shapes", edge_color="yellow", face_color="transparent",
+                                        edge_width=max(1.0, size / 3), features={"positive": np.zeros(0, bool)}, **kw)
+        self.points = viewer.add_points(ndim=self.ndim, name="prompt points", size=size, border_width=0.1,
+                                        features={"positive": np.zeros(0, bool)}, face_color=POSITIVE, **kw)
+        self.points.mode = "add"
+        viewer.layers.selection.active = self.points
+        self.set_positive(True)
+
+    @property
+    def all(self):
+        return [self.points, self.shapes, self.current, self.committed]
+
+    def set_positive(self, positive: bool) -> None:
+        """What the next click or squiggle will be: foreground (True) or background."""
+        self.positive = bool(positive)
+        # napari recolours the *selected* items when the current colour changes: select nothing first
+        self.points.selected_data = set()
+        self.shapes.selected_data = set()
+        for layer in (self.points, self.shapes):
+            layer.feature_defaults["positive"] = bool(positive)
+        self.points.current_face_color = POSITIVE if positive else NEGATIVE
+        self.shapes.current_edge_color = "yellow" if positive else NEGATIVE
+
+    # -- layers -> prompts ----------------------------------------------------------------------
+    def slice_of(self, coords: np.ndarray) -> int:
+        """Slice index (first axis) of a point or shape's vertices (3D); 0 in 2D."""
+        return 0 if self.ndim == 2 else int(np.rint(np.asarray(coords)[..., 0].mean()))
+
+    def prompts_on(self, k: int) -> dict:
+        """The prompts drawn on slice ``k``, in-plane (row, col): points, positive, box, scribbles."""
+        pts = np.asarray(self.points.data, dtype=float).reshape(-1, self.ndim)
+        flags = np.asarray(self.points.features["positive"], dtype=bool) if len(pts) else np.zeros(0, bool)
+        if self.ndim == 3:
+            on = np.rint(pts[:, 0]) == k
+            pts, flags = pts[on, 1:], flags[on]
+        box, scribbles = None, []
+        shape_flags = np.asarray(self.shapes.features["positive"], dtype=bool) if self.shapes.nshapes else []
+        for verts, kind, flag in zip(self.shapes.data, self.shapes.shape_type, shape_flags):
+            verts = np.asarray(verts, dtype=float)
+            if self.slice_of(verts) != k:
+                continue
+            rc = verts[:, -2:]
+            plane = self.shape[-2:]
+            if kind == "rectangle":
+                try:
+                    lo, hi = clip_box(np.stack([rc.min(axis=0), rc.max(axis=0)]), plane)
+                except PromptError:
+                    continue  # entirely off the image: not a prompt
+                box = (tuple(lo), tuple(hi))
+            elif kind in ("path", "line", "polygon", "ellipse"):
+                rc = rc[np.all((rc >= -0.5) & (rc <= np.asarray(plane) - 0.5), axis=1)]
+                if len(rc):
+                    scribbles.append((rc, bool(flag)))
+        return dict(points=pts, positive=flags, box=box, scribbles=scribbles)
+
+    # -- session -> layers ----------------------------------------------------------------------
+    def show_prompts(self, prompts: dict) -> None:
+        """Redraw points and shapes from ``Session.prompts()`` (after undo, redo, clear, commit)."""
+        pts, flags, shapes, kinds, sflags = [], [], [], [], []
+        for k, pr in prompts.items():
+            lead = [] if self.ndim == 2 else [float(k)]
+            for r, c, f in pr["points"]:
+                pts.append(lead + [r, c])
+                flags.append(bool(f))
+            if pr["box"] is not None:
+                r0, c0, r1, c1 = pr["box"]
+                shapes.append([lead + [r0, c0], lead + [r0, c1], lead + [r1, c1], lead + [r1, c0]])
+                kinds.append("rectangle")
+                sflags.append(True)
+            for line, f in pr.get("scribbles", []):
+                shapes.append([lead + list(v) for v in line])
+                kinds.append("path")
+                sflags.append(bool(f))
+        with self.points.events.data.blocker(), self.shapes.events.data.blocker():
+            self.points.selected_data = set()
+            self.shapes.selected_data = set()
+            self.points.data = np.asarray(pts, dtype=float).reshape(-1, self.ndim)
+            self.points.features = {"positive": np.asarray(flags, dtype=bool)}
+            self.points.face_color = [POSITIVE if f else NEGATIVE for f in flags] or POSITIVE
+            self.shapes.data = []
+            if shapes:
+                self.shapes.add(shapes, shape_type=kinds)
+                self.shapes.features = {"positive": np.asarray(sflags, dtype=bool)}
+                self.shapes.edge_color = ["yellow" if f else NEGATIVE for f in sflags]
+        self.set_positive(self.positive)  # replacing the features reset their defaults
+        self.points.refresh()
+        self.shapes.refresh()
+
+    def paint(self, mask: np.ndarray, bbox: tuple) -> None:
+        """Copy ``mask[bbox]`` into the current-object layer, repainting only the changed pixels."""
+        if any(s.stop is not None and s.start is not None and s.stop <= s.start for s in bbox):
+            return
+        new = mask[bbox].astype(np.uint8)
+        old = self.current.data[bbox]
+        changed = np.nonzero(new != old)
+        if not changed[0].size:
+            return
+        index = tuple(c + (s.start or 0) for c, s in zip(changed, bbox))
+        # data_setitem is napari's partial repaint (only the changed pixels' bounding box is re-coloured);
+        # it also keeps a layer history, bounded by napari (100 steps), which the annotator does not use
+        self.current.data_setitem(index, new[changed])
+
+    def refresh_committed(self) -> None:
+        self.committed.refresh()

@@ -1,0 +1,122 @@
+"""Prompt simulation for training and evaluation: clicks, boxes, squiggles and correction clicks.
+
+All coordinates are napari / numpy ``(row, col)`` in pixels of the mask; :func:`to_xy` turns them into
+Segment Anything's ``(x, y)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..prompts import scribble_to_points
+
+
+def _inner_distance(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance to the nearest pixel outside ``mask`` (image borders count as outside).
+
+    mask : bool (H, W). Returns float64 (H, W), 0 outside.
+    """
+    return ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+
+
+def _pick(rng: np.random.Generator, weight: np.ndarray) -> np.ndarray:
+    """One (row, col) drawn with probability proportional to ``weight`` (H, W) >= 0; float (2,)."""
+    flat = weight.ravel()
+    idx = rng.choice(flat.size, p=flat / flat.sum())
+    return np.array(np.unravel_index(idx, weight.shape), dtype=np.float64)
+
+
+def first_click(rng: np.random.Generator, mask: np.ndarray, centre_power: float = 2.0, p_uniform: float = 0.2) -> np.ndarray:
+    """A positive click inside the object, biased to its centre.
+
+    Parameters
+    ----------
+    mask : bool (H, W), non-empty.
+    centre_power : weights are ``distance_to_boundary ** centre_power``.
+    p_uniform : probability of a uniform draw over the object instead.
+
+    Returns
+    -------
+    float (2,) (row, col) of a pixel of ``mask``.
+    """
+    dist = _inner_distance(mask)
+    weight = mask.astype(np.float64) if rng.random() < p_uniform else dist ** centre_power
+    return _pick(rng, weight)
+
+
+def box(rng: np.random.Generator, mask: np.ndarray, jitter: float = 0.1, max_px: float = 20.0) -> np.ndarray:
+    """The object's bounding box with each side moved by up to ``jitter`` of its size (at most ``max_px``).
+
+    Returns float (4,) ``(r0, c0, r1, c1)`` clipped to the image (corners on pixel centres, inclusive).
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1], cols[0], cols[-1]
+    hs, ws = min((r1 - r0 + 1) * jitter, max_px), min((c1 - c0 + 1) * jitter, max_px)
+    d = rng.normal(0, 0.5, 4) * np.array([hs, ws, hs, ws])
+    d = np.clip(d, -np.array([hs, ws, hs, ws]), np.array([hs, ws, hs, ws]))
+    h, w = mask.shape
+    return np.array([np.clip(r0 + d[0], 0, h - 1), np.clip(c0 + d[1], 0, w - 1),
+                     np.clip(r1 + d[2], 0, h - 1), np.clip(c1 + d[3], 0, w - 1)])
+
+
+def squiggle(rng: np.random.Generator, mask: np.ndarray, max_points: int = 8) -> np.ndarray:
+    """A random stroke drawn inside the object, returned as spread points as the Session does.
+
+    A random walk from a centre-biased click, with steps of ~1/8 of the object's size that stay inside
+    the object; resampled with :func:`promptseg.prompts.scribble_to_points`.
+
+    Returns float (K, 2) (row, col), 1 <= K <= ``max_points``, all inside ``mask``.
+    """
+    dist = _inner_distance(mask)
+    size = 2.0 * float(dist.max())
+    step = max(1.5, size / 8)
+    pos = _pick(rng, dist ** 2)
+    path = [pos]
+    heading = rng.uniform(0, 2 * np.pi)
+    h, w = mask.shape
+    for _ in range(int(rng.integers(3, 12))):
+        for _try in range(6):
+            heading += rng.normal(0, 0.8)
+            nxt = pos + step * np.array([np.sin(heading), np.cos(heading)])
+            r, c = int(round(nxt[0])), int(round(nxt[1]))
+            if 0 <= r < h and 0 <= c < w and mask[r, c]:
+                pos = nxt
+                path.append(pos)
+                break
+    pts = scribble_to_points(np.array(path), max_points=max_points, spacing=max(4.0, step))
+    keep = mask[np.clip(np.rint(pts[:, 0]).astype(int), 0, h - 1), np.clip(np.rint(pts[:, 1]).astype(int), 0, w - 1)]
+    return pts[keep] if keep.any() else np.array(path[:1])
+
+
+def correction_click(rng: np.random.Generator | None, gt: np.ndarray, pred: np.ndarray, centre_power: float = 2.0):
+    """A correction click in the larger error region, as a user would place it.
+
+    Parameters
+    ----------
+    rng : Generator for a random draw weighted by ``distance ** centre_power`` inside the error region;
+        ``None`` for the deterministic choice (the point farthest from the region's boundary, as in
+        interactive-segmentation benchmarks).
+    gt, pred : bool (H, W) ground truth and current prediction.
+
+    Returns
+    -------
+    ((row, col) float (2,), positive bool), or None when the prediction is perfect.
+    """
+    missed = gt & ~pred
+    extra = pred & ~gt
+    if not missed.any() and not extra.any():
+        return None
+    positive = missed.sum() >= extra.sum()
+    region = missed if positive else extra
+    dist = _inner_distance(region)
+    if rng is None:
+        return np.array(np.unravel_index(int(np.argmax(dist)), dist.shape), dtype=np.float64), bool(positive)
+    return _pick(rng, dist ** centre_power), bool(positive)
+
+
+def to_xy(rc: np.ndarray) -> np.ndarray:
+    """(N, 2) (row, col) -> (N, 2) SAM (x, y), same pixel scale."""
+    rc = np.asarray(rc, dtype=np.float64).reshape(-1, 2)
+    return rc[:, ::-1].copy()

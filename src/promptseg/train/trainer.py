@@ -1,0 +1,254 @@
+"""The training loop: synthetic images, simulated interactive prompting, focal + dice + IoU loss.
+
+Each step draws ``batch_size`` images from :mod:`.synthetic`, embeds them once, and for
+``objects_per_image`` objects of each runs an interactive episode the way :class:`promptseg.Session`
+prompts the model: a first prompt (one click, a box or a squiggle's points), then with probability
+``p_correct`` one or two correction rounds that add a click in the larger error region and feed the
+previous best low-resolution logits back as ``mask_input``. A first single click uses multimask output
+and trains the best of the three masks (as SAM does); the other rounds use one mask. Loss on the
+low-resolution logits against the area-downsampled ground truth: ``focal_weight * focal + dice``, plus
+the MSE between the IoU head and the actual IoU of each mask.
+
+Every random draw of step ``k`` comes from generators seeded with ``(seed, k)``, so a resumed run
+continues exactly as an uninterrupted one would (up to float non-determinism).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.build import build_sam
+from . import prompts as P
+from .synthetic import sample
+
+DEFAULTS = {
+    "model": {"arch": "cnn_small", "image_size": 256, "arch_kwargs": {},
+              "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]},
+    "data": {"min_area": 30, "p_non_square": 0.3},
+    "prompts": {"p_click": 0.6, "p_box": 0.3, "p_squiggle": 0.1, "p_correct": 0.5, "max_corrections": 2},
+    "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
+              "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0,
+              "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1},
+}
+
+
+def load_config(path) -> dict:
+    """Read a TOML (``.toml``) or JSON config and fill in :data:`DEFAULTS` per section."""
+    path = Path(path)
+    raw = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+    cfg = {}
+    for section, values in DEFAULTS.items():
+        unknown = set(raw.get(section, {})) - set(values)
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {sorted(unknown)} in [{section}]")
+        cfg[section] = {**values, **raw.get(section, {})}
+    return cfg
+
+
+def build_model(cfg: dict):
+    """The untrained Sam of a config's ``[model]`` section."""
+    m = cfg["model"]
+    return build_sam(m["arch"], image_size=m["image_size"], pixel_mean=m["pixel_mean"], pixel_std=m["pixel_std"],
+                     **m["arch_kwargs"])
+
+
+def lr_at(step: int, t: dict) -> float:
+    """Linear warm-up then cosine decay from ``lr`` to ``min_lr`` over ``steps``."""
+    if step < t["warmup_steps"]:
+        return t["lr"] * (step + 1) / t["warmup_steps"]
+    frac = min(1.0, (step - t["warmup_steps"]) / max(1, t["steps"] - t["warmup_steps"]))
+    return t["min_lr"] + 0.5 * (t["lr"] - t["min_lr"]) * (1 + math.cos(math.pi * frac))
+
+
+def _draw(rng: np.random.Generator, size: int, cfg: dict):
+    """One image (h, w <= size) with at least one object of ``min_area`` pixels; returns image, labels, ids."""
+    while True:
+        shape = (size, size)
+        if rng.random() < cfg["data"]["p_non_square"]:
+            short = int(rng.integers(size // 2, size))
+            shape = (short, size) if rng.random() < 0.5 else (size, short)
+        image, labels = sample(rng, shape)
+        ids, counts = np.unique(labels, return_counts=True)
+        ok = ids[(ids > 0) & (counts >= cfg["data"]["min_area"])]
+        if len(ok):
+            return image, labels, ok
+
+
+def _lowres_target(mask: np.ndarray, size: int, lowres: int) -> torch.Tensor:
+    """bool (h, w) -> float (lowres, lowres): the fraction of object pixels per low-res cell (padded)."""
+    full = torch.zeros(size, size)
+    full[: mask.shape[0], : mask.shape[1]] = torch.from_numpy(mask.astype(np.float32))
+    return F.avg_pool2d(full[None, None], size // lowres)[0, 0]
+
+
+def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor):
+    """Per-mask focal, dice and IoU-head MSE.
+
+    logits (K, L, L), target (L, L) in 0..1, iou_pred (K,). Returns three (K,) tensors and the actual IoU (K,).
+    """
+    t = target.expand_as(logits)
+    p = torch.sigmoid(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    focal = (bce * (p - t).abs() ** 2).mean(dim=(1, 2))
+    dice = 1 - (2 * (p * t).sum(dim=(1, 2)) + 1) / (p.sum(dim=(1, 2)) + t.sum(dim=(1, 2)) + 1)
+    with torch.no_grad():
+        pb, tb = logits > 0, t > 0.5
+        iou = (pb & tb).sum(dim=(1, 2)) / ((pb | tb).sum(dim=(1, 2)).clamp(min=1))
+    return focal, dice, (iou_pred - iou.float()) ** 2, iou
+
+
+def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator, cfg: dict):
+    """One simulated interactive episode on one object; returns the summed loss terms and round count."""
+    pr, t = cfg["prompts"], cfg["train"]
+    size = sam.image_encoder.img_size
+    lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
+    target = _lowres_target(mask, size, lowres)
+    pe = sam.prompt_encoder
+    u = rng.random()
+    rc, flags, box = np.zeros((0, 2)), [], None
+    if u < pr["p_click"]:
+        rc, flags = P.first_click(rng, mask)[None], [1]
+    elif u < pr["p_click"] + pr["p_box"]:
+        box = P.box(rng, mask)
+    else:
+        rc = P.squiggle(rng, mask)
+        flags = [1] * len(rc)
+    n_rounds = 1 + (int(rng.integers(1, pr["max_corrections"] + 1)) if rng.random() < pr["p_correct"] else 0)
+    total = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
+    prev, ious = None, []
+    for r in range(n_rounds):
+        multimask = len(flags) == 1 and box is None and prev is None
+        points = None
+        if len(flags):
+            points = (torch.as_tensor(P.to_xy(rc), dtype=torch.float)[None], torch.as_tensor(flags, dtype=torch.int)[None])
+        boxes = None if box is None else torch.as_tensor(box[[1, 0, 3, 2]], dtype=torch.float)[None]
+        sparse, dense = pe(points=points, boxes=boxes, masks=prev)
+        low, iou_pred = sam.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                                         dense_prompt_embeddings=dense, multimask_output=multimask)
+        focal, dice, mse, iou = _losses(low[0], target, iou_pred[0])
+        best = int(torch.argmin(t["focal_weight"] * focal + dice)) if multimask else 0
+        total["focal"] = total["focal"] + focal[best] / n_rounds
+        total["dice"] = total["dice"] + dice[best] / n_rounds
+        total["iou"] = total["iou"] + mse.mean() / n_rounds
+        ious.append(float(iou[best]))
+        if r + 1 < n_rounds:  # the Session feeds back the best mask by predicted IoU
+            pick = int(torch.argmax(iou_pred[0])) if multimask else 0
+            prev = low[:, pick:pick + 1].detach()
+            with torch.no_grad():
+                up = F.interpolate(prev, size=(size, size), mode="bilinear", align_corners=False)[0, 0] > 0
+            pred = up[: mask.shape[0], : mask.shape[1]].numpy()
+            click = P.correction_click(rng, mask, pred)
+            if click is None:
+                break
+            rc = np.concatenate([rc, click[0][None]])
+            flags = flags + [int(click[1])]
+    return total, ious
+
+
+def _save(sam, opt, step: int, out: Path) -> None:
+    """Plain state dict (weights_only-readable) + optimiser state, written atomically."""
+    state = {k: v.detach().contiguous().clone() for k, v in sam.state_dict().items()}
+    tmp = out / "model_last.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(out / "model_last.pt")
+    torch.save({"step": step, "optimizer": opt.state_dict()}, out / "train_state.pt.tmp")
+    (out / "train_state.pt.tmp").replace(out / "train_state.pt")
+
+
+def train(config_path, out_dir, resume: bool = True, max_minutes: float | None = None) -> Path:
+    """Train a model from a config file; return the path of the final weights.
+
+    Parameters
+    ----------
+    config_path : TOML or JSON file with sections ``[model]``, ``[data]``, ``[prompts]``, ``[train]``
+        (see :data:`DEFAULTS`).
+    out_dir : folder for ``model_last.pt`` (plain state dict), ``train_state.pt`` (step, optimiser),
+        ``log.jsonl`` (one JSON line per ``log_every`` steps) and a copy of the config.
+    resume : continue from ``out_dir``'s last checkpoint when there is one.
+    max_minutes : stop (after saving) when this much wall time has passed, even before ``steps``.
+
+    Returns
+    -------
+    Path of ``model_last.pt``.
+    """
+    from tqdm import tqdm
+
+    cfg = load_config(config_path)
+    t = cfg["train"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    torch.set_num_threads(int(t["threads"]))
+    torch.manual_seed(t["seed"])
+    sam = build_model(cfg).train()
+    opt = torch.optim.AdamW(sam.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    start = 0
+    if resume and (out / "model_last.pt").is_file() and (out / "train_state.pt").is_file():
+        sam.load_state_dict(torch.load(out / "model_last.pt", map_location="cpu", weights_only=True))
+        state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    size = cfg["model"]["image_size"]
+    t0 = time.monotonic()
+    step = start
+    log = open(out / "log.jsonl", "a")
+    bar = tqdm(range(start, t["steps"]), initial=start, total=t["steps"], desc="train", mininterval=5)
+    running = {}
+    for step in bar:
+        rng = np.random.default_rng([t["seed"], step])
+        torch.manual_seed(t["seed"] * 1_000_003 + step)
+        lr = lr_at(step, t)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = [_draw(rng, size, cfg) for _ in range(t["batch_size"])]
+        x = torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None]) for im, _, _ in batch])
+        emb = sam.image_encoder(x)
+        terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
+        ious, n = [], 0
+        for b, (_, labels, ids) in enumerate(batch):
+            for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False):
+                tot, iu = _episode(sam, emb[b:b + 1], labels == k, rng, cfg)
+                for key in terms:
+                    terms[key] = terms[key] + tot[key]
+                ious += iu
+                n += 1
+        loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]) / n
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(sam.parameters(), t["grad_clip"])
+        opt.step()
+        vals = {"loss": float(loss.detach()), **{k: float(v.detach() if torch.is_tensor(v) else v) / n for k, v in terms.items()}, "miou": float(np.mean(ious))}
+        for k, v in vals.items():
+            running[k] = running.get(k, 0.0) + v
+        done = step + 1
+        if done % t["log_every"] == 0:
+            rec = {"step": done, "lr": lr, "gnorm": float(gnorm), "minutes": (time.monotonic() - t0) / 60,
+                   **{k: v / t["log_every"] for k, v in running.items()}}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", miou=f"{rec['miou']:.3f}")
+            running = {}
+        out_of_time = max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes
+        if done % t["checkpoint_every"] == 0 or done == t["steps"] or out_of_time:
+            _save(sam, opt, done, out)
+        if out_of_time:
+            break
+    bar.close()
+    log.close()
+    if start >= t["steps"] and not (out / "model_last.pt").is_file():
+        _save(sam, opt, start, out)
+    return out / "model_last.pt"
+
+
+if __name__ == "__main__":  # python -m promptseg.train.trainer CONFIG OUT_DIR [MAX_MINUTES]
+    import sys
+
+    train(sys.argv[1], sys.argv[2], max_minutes=float(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -1,0 +1,268 @@
+"""The Annotator in a real napari viewer (under Xvfb): prompts through the layers, keys, commits,
+autosave and reopening, export, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from napari.utils.key_bindings import KeyBinding  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+import promptseg as ps  # noqa: E402
+from promptseg.io import read_image  # noqa: E402
+from promptseg.project import Project  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTSEG_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def messages():
+    seen = []
+
+    def record(n):
+        seen.append(str(n.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+def _open(make_napari_viewer, qtbot, sample=None, image=None, start=True):
+    viewer = make_napari_viewer()
+    if sample:
+        viewer.open_sample("promptseg", sample)
+    if image is not None:
+        viewer.add_image(image, name="img")
+    _, widget = viewer.window.add_plugin_dock_widget("promptseg", "promptseg Annotator")
+    widget.reset_choices()
+    if start:
+        widget.start()
+        qtbot.waitUntil(lambda: widget.session is not None and bool(widget.embedded), timeout=30000)
+    return viewer, widget
+
+
+def _press(layer, key):
+    layer.keymap[KeyBinding.from_str(key)](layer)
+
+
+def _expected(widget, **prompts):
+    """The mask a headless Session gives for the same prompts (the plugin must show exactly that)."""
+    s = ps.Session(widget.session.model, widget.session.image)
+    return s.set_prompts(**prompts).mask
+
+
+def test_click_on_points_layer_paints_current_object(make_napari_viewer, qtbot):
+    viewer, w = _open(make_napari_viewer, qtbot, sample="coins")
+    assert "prompt points" in viewer.layers and "current object" in viewer.layers
+    w.layers.points.add([[124, 205]])  # as a click in add mode does
+    current = viewer.layers["current object"].data
+    assert current.any()
+    assert np.array_equal(current.astype(bool), w.session.mask)
+    assert w.session.prompts()[0]["points"] == [[124.0, 205.0, 1]]
+    # a negative click (T toggles) corrects the object with the previous logits fed back
+    _press(w.layers.points, "t")
+    w.layers.points.add([[40, 40]])
+    assert w.session.prompts()[0]["points"][-1] == [40.0, 40.0, 0]
+    assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)
+
+
+def test_box_and_squiggle_through_shapes_layer(make_napari_viewer, qtbot):
+    viewer, w = _open(make_napari_viewer, qtbot, sample="coins")
+    w.layers.shapes.add_rectangles([[[100, 180], [150, 232]]])
+    assert w.session.prompts()[0]["box"] == [100.0, 180.0, 150.0, 232.0]
+    expected = _expected(w, box=((100, 180), (150, 232)))
+    assert np.array_equal(viewer.layers["current object"].data.astype(bool), expected)
+    w.layers.shapes.add_paths([[[110, 190], [120, 200], [130, 215]]])
+    pr = w.session.prompts()[0]
+    assert pr["box"] is not None and len(pr["scribbles"]) == 1
+    assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)
+
+
+def test_deleting_a_point_repredicts_from_the_rest(make_napari_viewer, qtbot):
+    viewer, w = _open(make_napari_viewer, qtbot, sample="coins")
+    w.layers.points.add([[124, 205]])
+    w.layers.points.add([[190, 100]])
+    w.layers.points.selected_data = {1}
+    w.layers.points.remove_selected()
+    assert w.session.prompts()[0]["points"] == [[124.0, 205.0, 1]]
+    expected = _expected(w, points=[(124, 205)], positive=[True])
+    assert np.array_equal(viewer.layers["current object"].data.astype(bool), expected)
+
+
+def test_undo_redo_keys_restore_prompts_and_mask(make_napari_viewer, qtbot):
+    viewer, w = _open(make_napari_viewer, qtbot, sample="coins")
+    w.layers.points.add([[124, 205]])
+    first = w.session.mask.copy()
+    w.layers.points.add([[60, 300]])
+    _press(w.layers.points, "Control-Z")
+    assert len(w.layers.points.data) == 1
+    assert np.array_equal(viewer.layers["current object"].data.astype(bool), first)
+    _press(w.layers.points, "Control-Shift-Z")
+    assert len(w.layers.points.data) == 2
+    _press(w.layers.points, "Shift-C")  # clear
+    assert len(w.layers.points.data) == 0 and not viewer.layers["current object"].data.any()
+
+
+def test_commit_twice_gives_new_ids_and_autosaves(make_napari_viewer, qtbot, tmp_path):
+    img = np.zeros((128, 160), np.uint8)
+    img[20:60, 20:70] = 200
+    img[70:120, 90:150] = 120
+    viewer, w = _open(make_napari_viewer, qtbot, image=img)
+    w.layers.shapes.add_rectangles([[[20, 20], [60, 70]]])
+    assert w.commit() == 1
+    w.layers.shapes.add_rectangles([[[70, 90], [120, 150]]])
+    _press(w.layers.points, "c")
+    committed = viewer.layers["committed objects"].data
+    assert set(np.unique(committed)) - {0} == {1, 2}
+    assert not viewer.layers["current object"].data.any() and len(w.layers.shapes.data) == 0
+    saved = Project.open(w.project.path)
+    assert np.array_equal(saved.load_labels(), committed)
+    assert [o["id"] for o in saved.objects] == [1, 2]
+    assert saved.objects[0]["prompts"]["0"]["box"] == [20.0, 20.0, 60.0, 70.0]  # JSON keys are strings
+
+    # the process goes away without saving anything more; a new viewer on the same image continues the work
+    viewer.close()
+    viewer2, w2 = _open(make_napari_viewer, qtbot, image=img)
+    assert np.array_equal(viewer2.layers["committed objects"].data, committed)
+    w2.layers.points.add([[40, 40]])
+    assert w2.commit() == 3
+
+
+def test_export_each_format(make_napari_viewer, qtbot, tmp_path):
+    img = np.zeros((64, 80), np.uint8)
+    img[10:40, 10:50] = 220
+    viewer, w = _open(make_napari_viewer, qtbot, image=img)
+    w.layers.shapes.add_rectangles([[[10, 10], [40, 50]]])
+    w.commit()
+    for name in ("labels.tif", "labels.nii.gz", "labels.ome.zarr"):
+        w.export(tmp_path / name)
+        back, _ = read_image(tmp_path / name)
+        assert np.array_equal(np.asarray(back).reshape(w.session.labels.shape), w.session.labels), name
+
+
+def test_correcting_an_existing_labels_layer(make_napari_viewer, qtbot):
+    viewer, w = _open(make_napari_viewer, qtbot, sample="coins", start=False)
+    existing = np.zeros((303, 384), np.int32)
+    existing[100:150, 180:230] = 5
+    viewer.add_labels(existing, name="old labels")
+    w.reset_choices()
+    w._fix.value = viewer.layers["old labels"]
+    w.start()
+    qtbot.waitUntil(lambda: w.session is not None and bool(w.embedded), timeout=30000)
+    viewer.layers["old labels"].selected_label = 5
+    w.edit_selected()
+    assert np.array_equal(w.session.mask, existing == 5)
+    w.layers.points.add([[190, 100]])  # correct it with a click, then commit: the id stays 5
+    assert w.commit() == 5
+    assert viewer.layers["old labels"].data is w.session.labels
+
+
+def test_bad_inputs_give_notifications_and_keep_the_viewer_usable(make_napari_viewer, qtbot, messages):
+    viewer, w = _open(make_napari_viewer, qtbot, image=np.zeros((2, 3, 32, 32), np.uint8), start=False)
+    w.start()
+    assert any("spatial dimensions" in m for m in messages) and w.layers is None
+
+    viewer.layers.clear()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
+    viewer.add_labels(np.zeros((10, 10), np.int32), name="wrong")
+    w.reset_choices()
+    w._image.value = viewer.layers["img"]
+    w._fix.value = viewer.layers["wrong"]
+    w.start()
+    assert any("has shape (10, 10)" in m for m in messages) and w.layers is None
+
+    w._fix.value = None
+    w.start()
+    qtbot.waitUntil(lambda: w.session is not None and bool(w.embedded), timeout=30000)
+    w.layers.points.add([[500, 500]])  # outside the image
+    assert any("outside the image" in m for m in messages)
+    assert len(w.layers.points.data) == 0 and w.session.prompts() == {}
+    w.layers.points.add([[30, 30]])  # still usable
+    assert w.session.prompts()[0]["points"] == [[30.0, 30.0, 1]]
+
+
+def test_click_before_embedding_finished_is_applied_when_ready(make_napari_viewer, qtbot, messages):
+    vol = np.zeros((6, 48, 48), np.uint8)
+    vol[:, 10:30, 10:30] = 200
+    viewer, w = _open(make_napari_viewer, qtbot, image=vol, start=False)
+    w.start()
+    w.layers.points.add([[4, 20, 20]])  # the worker has not finished (or not even started) slice 4
+    qtbot.waitUntil(lambda: w.session is not None and 4 in w.session.prompts(), timeout=30000)
+    assert any("still being embedded" in m for m in messages) or w.embedded
+    assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)
+    assert w.session.mask[4].any() and not w.session.mask[:4].any()
+
+
+CHILD = r"""
+import sys, time
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+viewer = napari.Viewer(show=False)
+viewer.open(sys.argv[1])
+_, w = viewer.window.add_plugin_dock_widget("promptseg", "promptseg Annotator")
+w.reset_choices()
+w.start()
+app = QApplication.instance()
+while w.session is None or not w.embedded:
+    app.processEvents(); time.sleep(0.02)
+w.layers.shapes.add_rectangles([[[10, 10], [40, 50]]])
+print("COMMITTED", w.commit(), flush=True)
+w.layers.points.add([[50, 60]])  # an object in progress, never committed
+while True:
+    app.processEvents(); time.sleep(0.05)
+"""
+
+
+def test_killed_annotator_loses_no_committed_object(make_napari_viewer, qtbot, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import tifffile
+
+    img = np.zeros((64, 80), np.uint8)
+    img[10:40, 10:50] = 220
+    path = tmp_path / "img.tif"
+    tifffile.imwrite(path, img)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("COMMITTED 1"), line
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    viewer = make_napari_viewer()
+    viewer.open(str(path))
+    _, w = viewer.window.add_plugin_dock_widget("promptseg", "promptseg Annotator")
+    w.reset_choices()
+    w.start()
+    qtbot.waitUntil(lambda: w.session is not None and bool(w.embedded), timeout=30000)
+    committed = viewer.layers["committed objects"].data
+    assert set(np.unique(committed)) == {0, 1} and (committed == 1).sum() > 0
+    assert [o["id"] for o in w.project.objects] == [1]
+    assert (tmp_path / "img.tif.promptseg" / "project.json").exists()
+
+
+def test_closing_the_viewer_mid_embedding_is_clean_and_resumable(make_napari_viewer, qtbot):
+    vol = np.random.default_rng(0).integers(0, 255, (24, 64, 64), dtype=np.uint8)
+    viewer, w = _open(make_napari_viewer, qtbot, image=vol, start=False)
+    w.start()
+    qtbot.waitUntil(lambda: len(w.embedded) >= 2, timeout=30000)
+    store = w.session.store
+    viewer.close()  # the worker is told to stop; late messages must not touch deleted widgets
+    qtbot.wait(500)
+    done = 24 - len(store.missing())
+    assert 2 <= done < 24
+    viewer2, w2 = _open(make_napari_viewer, qtbot, image=vol, start=False)
+    w2.start()
+    qtbot.waitUntil(lambda: w2.session is not None and len(w2.embedded) == 24, timeout=60000)
+    assert w2.session.store.path == store.path  # the same cache, resumed

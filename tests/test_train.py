@@ -1,0 +1,135 @@
+"""Training code: the synthetic generator, prompt simulation, and a 3-step run that load_model can read."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import promptseg as ps
+from promptseg.models import registry
+from promptseg.models.build import build_sam
+from promptseg.train import prompts as P
+from promptseg.train import synthetic
+from promptseg.train.trainer import load_config, train
+
+
+# -- synthetic data ------------------------------------------------------------------------------------
+def test_generator_is_deterministic_and_well_formed():
+    a_img, a_lab = synthetic.sample(np.random.default_rng(7), (96, 128))
+    b_img, b_lab = synthetic.sample(np.random.default_rng(7), (96, 128))
+    assert a_img.dtype == np.uint8 and a_img.shape == (96, 128, 3)
+    assert a_lab.dtype == np.int32 and a_lab.shape == (96, 128)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    c_img, _ = synthetic.sample(np.random.default_rng(8), (96, 128))
+    assert not np.array_equal(a_img, c_img)
+
+
+def test_objects_differ_from_their_surroundings():
+    """Over many draws the objects' mean intensity differs from the background's (mask matches image)."""
+    rng = np.random.default_rng(0)
+    gaps, n_obj = [], 0
+    for _ in range(30):
+        img, lab = synthetic.sample(rng, 96)
+        n_obj += len(np.unique(lab)) - 1
+        if lab.any() and (lab == 0).any():
+            grey = img.astype(float).mean(axis=2)
+            gaps.append(abs(grey[lab > 0].mean() - grey[lab == 0].mean()))
+    assert n_obj > 30
+    assert np.median(gaps) > 8  # grey levels, out of 255
+
+
+# -- prompt simulation ---------------------------------------------------------------------------------
+@pytest.fixture
+def blob():
+    rr, cc = np.mgrid[:64, :80]
+    return (rr - 30) ** 2 / 15**2 + (cc - 40) ** 2 / 25**2 < 1
+
+
+def test_clicks_boxes_and_squiggles_lie_on_the_object(blob):
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        r, c = P.first_click(rng, blob).astype(int)
+        assert blob[r, c]
+        pts = np.rint(P.squiggle(rng, blob)).astype(int)
+        assert blob[pts[:, 0], pts[:, 1]].all()
+        r0, c0, r1, c1 = P.box(rng, blob, jitter=0.1)
+        assert abs(r0 - 15) <= 4 and abs(r1 - 44) <= 4 and abs(c0 - 15) <= 6 and abs(c1 - 64) <= 6
+    # the first click is biased to the centre
+    clicks = np.array([P.first_click(rng, blob, p_uniform=0.0) for _ in range(200)])
+    assert np.abs(clicks.mean(axis=0) - (30, 40)).max() < 3
+
+
+def test_correction_clicks_fall_in_the_larger_error(blob):
+    rng = np.random.default_rng(2)
+    shrunk = np.zeros_like(blob)
+    shrunk[:, :40] = blob[:, :40]  # half the object missed
+    for r in (rng, None):
+        (row, col), positive = P.correction_click(r, blob, shrunk)
+        assert positive and blob[int(row), int(col)] and not shrunk[int(row), int(col)]
+    grown = blob.copy()
+    grown[50:64, :] = True  # a false-positive band larger than anything missed
+    (row, col), positive = P.correction_click(rng, blob, grown)
+    assert not positive and grown[int(row), int(col)] and not blob[int(row), int(col)]
+    assert P.correction_click(rng, blob, blob) is None
+
+
+# -- training ------------------------------------------------------------------------------------------
+TINY = """
+[model]
+arch = "cnn_small"
+image_size = 64
+arch_kwargs = {widths = [8, 8, 16, 16], blocks = [0, 1, 1, 1], prompt_embed_dim = 32, decoder_mlp_dim = 64}
+[data]
+min_area = 10
+[train]
+steps = 3
+batch_size = 2
+objects_per_image = 1
+warmup_steps = 1
+checkpoint_every = 2
+log_every = 1
+threads = 2
+"""
+
+
+def test_three_steps_write_a_loadable_checkpoint_and_resume(tmp_path):
+    cfg_path = tmp_path / "tiny.toml"
+    cfg_path.write_text(TINY)
+    out = tmp_path / "run"
+    cfg = load_config(cfg_path)
+    # a 2-step run, then the same config with 3 steps resumed from its checkpoint
+    cfg_path.write_text(TINY.replace("steps = 3", "steps = 2"))
+    train(cfg_path, out)
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 2
+    first = torch.load(out / "model_last.pt", weights_only=True)
+    cfg_path.write_text(TINY)
+    path = train(cfg_path, out, resume=True)
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 3
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # resumed at step 3, not from scratch
+    state = torch.load(path, weights_only=True)
+    assert any(not torch.equal(state[k], first[k]) for k in state)
+
+    m = cfg["model"]
+    spec = ps.ModelSpec("test_trained", m["arch"], "model_last.pt", input_size=m["image_size"], arch_kwargs=m["arch_kwargs"])
+    registry.register_model(spec, overwrite=True)
+    try:
+        model = ps.load_model("test_trained", checkpoint=path, device="cpu")
+        img, lab = synthetic.sample(np.random.default_rng(3), (50, 70))
+        s = ps.Session(model, img)
+        pred = s.add_point((25, 35))
+        assert pred.mask.shape == (50, 70)
+    finally:
+        registry.unregister_model("test_trained")
+
+
+def test_cnn_arch_builds_sam_shaped_embeddings():
+    sam = build_sam("cnn_small", image_size=128)
+    with torch.no_grad():
+        emb = sam.image_encoder(torch.zeros(1, 3, 128, 128))
+    assert emb.shape == (1, 128, 8, 8)
+    assert sam.prompt_encoder.embed_dim == 128 and sam.image_encoder.img_size == 128
