@@ -54,7 +54,7 @@ def run_case(name, data, clicks, model, rng):
     n = 1 if data.ndim == 2 else data.shape[0]
     _wait(app, lambda: w.session is not None and len(w.embedded) == n)
     embed_s = time.perf_counter() - t0
-    times = []
+    times, z = [], 0
     for i in range(clicks):
         if i % 5 == 0:
             w.clear()

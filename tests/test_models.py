@@ -7,7 +7,6 @@ test builds a ViT-B/L/H: wrong-architecture files are written by hand.
 from __future__ import annotations
 
 import http.server
-import os
 import re
 import socket
 import threading

@@ -72,6 +72,17 @@ def test_click_on_points_layer_paints_current_object(make_napari_viewer, qtbot):
     assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)
 
 
+def test_right_click_adds_a_negative_point(make_napari_viewer, qtbot):
+    from types import SimpleNamespace
+
+    viewer, w = _open(make_napari_viewer, qtbot, sample="coins")
+    w.layers.points.add([[124, 205]])
+    layer = w.layers.points
+    w._right_click(layer, SimpleNamespace(button=2, position=layer.data_to_world([60, 300])))
+    assert w.session.prompts()[0]["points"] == [[124.0, 205.0, 1], [60.0, 300.0, 0]]
+    assert bool(layer.feature_defaults["positive"][0])  # the next left click is positive again
+
+
 def test_box_and_squiggle_through_shapes_layer(make_napari_viewer, qtbot):
     viewer, w = _open(make_napari_viewer, qtbot, sample="coins")
     w.layers.shapes.add_rectangles([[[100, 180], [150, 232]]])
@@ -167,6 +178,12 @@ def test_bad_inputs_give_notifications_and_keep_the_viewer_usable(make_napari_vi
     viewer, w = _open(make_napari_viewer, qtbot, image=np.zeros((2, 3, 32, 32), np.uint8), start=False)
     w.start()
     assert any("spatial dimensions" in m for m in messages) and w.layers is None
+
+    viewer.layers.clear()
+    viewer.add_image(np.zeros((64, 64, 2), np.uint8), name="two channels")
+    w.reset_choices()
+    w.start()
+    assert any("looks multichannel" in m for m in messages) and w.layers is None
 
     viewer.layers.clear()
     viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
@@ -266,3 +283,22 @@ def test_closing_the_viewer_mid_embedding_is_clean_and_resumable(make_napari_vie
     w2.start()
     qtbot.waitUntil(lambda: w2.session is not None and len(w2.embedded) == 24, timeout=60000)
     assert w2.session.store.path == store.path  # the same cache, resumed
+
+
+def test_p_propagates_through_the_volume(make_napari_viewer, qtbot, messages):
+    zz, rr, cc = np.mgrid[:8, :48, :48]
+    vol = np.where(((zz - 4) / 3.5) ** 2 + ((rr - 24) / 12) ** 2 + ((cc - 24) / 12) ** 2 <= 1, 220, 20).astype(np.uint8)
+    viewer, w = _open(make_napari_viewer, qtbot, image=vol)
+    qtbot.waitUntil(lambda: len(w.embedded) == 8, timeout=30000)
+    viewer.dims.current_step = (4, 0, 0)
+    w.layers.shapes.add_rectangles([[[4, 12, 12], [4, 12, 36], [4, 36, 36], [4, 36, 12]]])
+    before = viewer.layers["current object"].data.copy()
+    _press(w.layers.points, "p")
+    after = viewer.layers["current object"].data
+    assert np.array_equal(after.astype(bool), w.session.mask)  # whatever propagation gave, the layer shows it
+    assert np.array_equal(after[4], before[4])  # the key slice is unchanged
+    _press(w.layers.points, "Control-Z")  # one undo step removes the propagated slices
+    assert np.array_equal(viewer.layers["current object"].data, before)
+    viewer2, w2 = _open(make_napari_viewer, qtbot, sample="coins")
+    _press(w2.layers.points, "p")
+    assert any("3D volume" in m for m in messages)

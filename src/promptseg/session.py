@@ -16,7 +16,7 @@ import numpy as np
 
 from .embeddings import Embedder, EmbeddingStore, fill, open_store
 from .errors import ImageError, PromptError
-from .preprocess import spatial_shape
+from ._state import EMPTY, SliceState, clip_stroke, insert_axis, pack, unpack
 from .prompts import Box, Point, as_coords, check_inside, clip_box, one_slice, scribble_to_points
 
 
@@ -34,28 +34,6 @@ class Prediction:
     bbox: tuple
 
 
-@dataclass(frozen=True)
-class _SliceState:
-    """Immutable state of the current object on one slice (an undo step swaps these)."""
-
-    points: tuple = ()
-    box: Box | None = None
-    scribbles: tuple = ()  # ((stroke as tuple of (row, col)), positive) pairs
-    logits: np.ndarray | None = None  # (1, L, L) float32, fed back as mask_input
-    score: float = 0.0
-    bits: np.ndarray | None = None  # np.packbits of the slice mask; None = empty
-    extent: tuple | None = None  # (r0, r1, c0, c1) half-open bounds of the mask, None = empty
-
-    @property
-    def empty(self) -> bool:
-        return self.bits is None and not self.has_prompts
-
-    @property
-    def has_prompts(self) -> bool:
-        return bool(self.points or self.scribbles) or self.box is not None
-
-
-_EMPTY = _SliceState()
 
 
 class Session:
@@ -112,7 +90,8 @@ class Session:
         self.labels = labels
         self.objects: list[dict] = []  # per committed object: its id and the prompts that made it
         self.editing: int | None = None  # id of the committed object being corrected, see edit()
-        self._states: dict[int, _SliceState] = {}
+        self.stops: set[int] = set()  # slices propagation must not enter, see set_stop()
+        self._states: dict[int, SliceState] = {}
         self._undo: list[dict] = []
         self._redo: list[dict] = []
         self._feature_cache: OrderedDict = OrderedDict()
@@ -148,7 +127,7 @@ class Session:
         c0 = min(e[2] for e in filled.values())
         c1 = max(e[3] for e in filled.values())
         box2 = (slice(r0, r1), slice(c0, c1))
-        return box2 if self.ndim == 2 else _insert(box2, self.axis, slice(min(filled), max(filled) + 1))
+        return box2 if self.ndim == 2 else insert_axis(box2, self.axis, slice(min(filled), max(filled) + 1))
 
     def add_point(self, coords, positive: bool = True) -> Prediction:
         """Add a click at ``(row, col)`` / ``(z, row, col)``; ``positive=False`` marks background."""
@@ -163,7 +142,7 @@ class Session:
         check_inside(pts, self.shape, "point")
         flags = np.broadcast_to(np.asarray(positive, dtype=bool), (len(pts),))
         k, rc = self._split(pts, "points")
-        state = self._states.get(k, _EMPTY)
+        state = self._states.get(k, EMPTY)
         new = tuple(Point((float(r), float(c)), bool(f)) for (r, c), f in zip(rc, flags))
         return self._update(k, replace(state, points=state.points + new))
 
@@ -172,7 +151,7 @@ class Session:
         corners = as_coords([corner_a, corner_b], self.ndim, "box corner")
         k, rc = self._split(corners, "box")
         (r0, c0), (r1, c1) = clip_box(rc, self._plane_shape())
-        state = self._states.get(k, _EMPTY)
+        state = self._states.get(k, EMPTY)
         return self._update(k, replace(state, box=Box(float(r0), float(c0), float(r1), float(c1))))
 
     def add_scribble(self, points, positive: bool = True) -> Prediction:
@@ -183,8 +162,8 @@ class Session:
         """
         poly = as_coords(points, self.ndim, "scribble")
         k, rc = self._split(poly, "scribble")
-        stroke = _clip_stroke(rc, self._plane_shape())
-        state = self._states.get(k, _EMPTY)
+        stroke = clip_stroke(rc, self._plane_shape())
+        state = self._states.get(k, EMPTY)
         return self._update(k, replace(state, scribbles=state.scribbles + ((stroke, bool(positive)),)))
 
     def set_prompts(self, z: int | None = None, *, points=(), positive=(), box=None, scribbles=()) -> Prediction:
@@ -202,14 +181,14 @@ class Session:
         pts = as_coords(points, 2, "point") if len(points) else np.zeros((0, 2))
         check_inside(pts, plane, "point")
         flags = np.broadcast_to(np.asarray(positive, dtype=bool), (len(pts),))
-        state = _SliceState(points=tuple(Point((float(r), float(c)), bool(f)) for (r, c), f in zip(pts, flags)))
+        state = SliceState(points=tuple(Point((float(r), float(c)), bool(f)) for (r, c), f in zip(pts, flags)))
         if box is not None:
             (r0, c0), (r1, c1) = clip_box(as_coords(box, 2, "box corner"), plane)
             state = replace(state, box=Box(float(r0), float(c0), float(r1), float(c1)))
-        strokes = tuple((_clip_stroke(as_coords(line, 2, "scribble"), plane), bool(f)) for line, f in scribbles)
+        strokes = tuple((clip_stroke(as_coords(line, 2, "scribble"), plane), bool(f)) for line, f in scribbles)
         state = replace(state, scribbles=strokes)
         if not state.has_prompts:
-            return self._apply({k: (self._states.get(k, _EMPTY), _EMPTY)}, record=True)
+            return self._apply({k: (self._states.get(k, EMPTY), EMPTY)}, record=True)
         return self._update(k, state)
 
     def set_mask(self, mask, z: int | None = None) -> Prediction:
@@ -236,20 +215,32 @@ class Session:
         step = {}
         for k, m in planes.items():
             if m.any():
-                bits, extent = _pack(m)
-                new = _SliceState(logits=self.frame.mask_to_lowres(m, self.model.lowres_size), score=1.0, bits=bits, extent=extent)
+                bits, extent = pack(m)
+                new = SliceState(logits=self.frame.mask_to_lowres(m, self.model.lowres_size), score=1.0, bits=bits, extent=extent)
             else:
-                new = _EMPTY
-            step[k] = (self._states.get(k, _EMPTY), new)
+                new = EMPTY
+            step[k] = (self._states.get(k, EMPTY), new)
         return self._apply(step, record=True)
 
     def predict(self, z: int | None = None) -> Prediction:
         """Run the decoder again from the slice's prompts alone (no fed-back mask)."""
         k = self._slice_index(z)
-        state = self._states.get(k, _EMPTY)
+        state = self._states.get(k, EMPTY)
         if not state.has_prompts:
             raise PromptError("no prompts on this slice to predict from")
         return self._update(k, replace(state, logits=None))
+
+    def propagate(self, **kwargs) -> Prediction:
+        """Carry the object through the volume from its prompted slices (see :mod:`promptseg.volume`)."""
+        from .volume import propagate
+
+        return propagate(self, **kwargs)
+
+    def set_stop(self, z: int, stop: bool = True) -> None:
+        """Mark (or unmark) slice ``z`` as one that propagation must not enter."""
+        if self.ndim != 3 or not 0 <= int(z) < self.store.n_slices:
+            raise PromptError(f"slice {z} is not a slice of this volume")
+        (self.stops.add if stop else self.stops.discard)(int(z))
 
     def undo(self) -> Prediction | None:
         """Undo the last prompt, mask or reset; ``None`` when there is nothing to undo."""
@@ -269,7 +260,7 @@ class Session:
 
     def reset(self) -> Prediction:
         """Clear the current object (all prompts, all slices); undoable."""
-        return self._apply({k: (s, _EMPTY) for k, s in self._states.items()}, record=True)
+        return self._apply({k: (s, EMPTY) for k, s in self._states.items()}, record=True)
 
     def edit(self, label_id: int) -> Prediction:
         """Load committed object ``label_id`` as the current object, to correct it with prompts.
@@ -366,25 +357,35 @@ class Session:
                 self._feature_cache.popitem(last=False)
         return self._feature_cache[k]
 
-    def _update(self, k: int, state: _SliceState) -> Prediction:
+    def _update(self, k: int, state: SliceState) -> Prediction:
         """Decode ``state``'s prompts on slice ``k`` (feeding back its logits) and record the step."""
-        before = self._states.get(k, _EMPTY)
+        return self._apply({k: (self._states.get(k, EMPTY), self._decode(k, state))}, record=True)
+
+    def _decode(self, k: int, state: SliceState, extra_points=None, extra_box=None) -> SliceState:
+        """Run the decoder for ``state`` on slice ``k``; returns the state with logits, score and mask.
+
+        ``extra_points`` ((N, 2) (row, col), (N,) flags) and ``extra_box`` (r0, c0, r1, c1) are added to
+        the state's own prompts without being stored in it (used by propagation).
+        """
         rc = [p.rc for p in state.points]
         flags = [int(p.positive) for p in state.points]
         for line, positive in state.scribbles:
             spread = scribble_to_points(np.asarray(line))
             rc += [tuple(v) for v in spread]
             flags += [int(positive)] * len(spread)
+        if extra_points is not None:
+            rc += [tuple(v) for v in extra_points[0]]
+            flags += [int(f) for f in extra_points[1]]
         xy = self.frame.to_input_xy(rc) if rc else None
         labels = np.array(flags) if rc else None
-        box = None if state.box is None else self.frame.box_to_input(state.box.r0, state.box.c0, state.box.r1, state.box.c1)
-        multimask = len(state.points) == 1 and not state.scribbles and box is None and state.logits is None
+        b = state.box if state.box is not None else (Box(*extra_box) if extra_box is not None else None)
+        box = None if b is None else self.frame.box_to_input(b.r0, b.c0, b.r1, b.c1)
+        multimask = len(rc) == 1 and not state.scribbles and box is None and state.logits is None
         low, iou = self.model.decode(self._features(k), xy, labels, box, state.logits, multimask)
         best = int(np.argmax(iou)) if multimask else 0
         full = self.model.upscale(low[best], self.frame.input, self.frame.original) > self.threshold
-        bits, extent = _pack(full) if full.any() else (None, None)
-        after = replace(state, logits=low[best : best + 1].copy(), score=float(iou[best]), bits=bits, extent=extent)
-        return self._apply({k: (before, after)}, record=True)
+        bits, extent = pack(full) if full.any() else (None, None)
+        return replace(state, logits=low[best : best + 1].copy(), score=float(iou[best]), bits=bits, extent=extent)
 
     def _apply(self, step: dict, record: bool) -> Prediction:
         """Make each slice's state ``after`` (step: {k: (before, after)}); paint the masks; report."""
@@ -405,7 +406,7 @@ class Session:
                 r0, r1, c0, c1 = before.extent
                 planes[k, r0:r1, c0:c1] = False
             if after.bits is not None:
-                planes[k] = _unpack(after.bits, plane_shape)
+                planes[k] = unpack(after.bits, plane_shape)
             score = after.score
         if record and step:
             self._undo.append(step)
@@ -418,31 +419,5 @@ class Session:
             bbox = box2
         else:
             kslice = slice(min(ks), max(ks) + 1) if ks else slice(0, 0)
-            bbox = _insert(box2, self.axis, kslice)
+            bbox = insert_axis(box2, self.axis, kslice)
         return Prediction(self.mask, score, bbox)
-
-
-def _clip_stroke(rc: np.ndarray, plane: tuple[int, int]) -> tuple:
-    """Keep the vertices of a stroke that lie on the slice; PromptError if none does."""
-    keep = rc[np.all((rc >= -0.5) & (rc <= np.asarray(plane) - 0.5), axis=1)]
-    if not len(keep):
-        raise PromptError(f"scribble lies outside the image of shape {tuple(plane)}")
-    return tuple((float(r), float(c)) for r, c in keep)
-
-
-def _insert(box2: tuple, axis: int, item) -> tuple:
-    parts = list(box2)
-    parts.insert(axis, item)
-    return tuple(parts)
-
-
-def _pack(mask: np.ndarray):
-    """bool (H, W) -> (packed bits, (r0, r1, c0, c1) half-open extent)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return np.packbits(mask), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
-
-
-def _unpack(bits: np.ndarray, shape) -> np.ndarray:
-    n = int(np.prod(shape))
-    return np.unpackbits(bits, count=n).view(bool).reshape(shape)

@@ -7,7 +7,8 @@ cached in the image's project folder, so reopening the image reuses them. Prompt
 repaints only the region it changed. Committed objects are autosaved to the project folder.
 
 Keys (on the viewer and the annotator's layers): T positive/negative, right-click a negative point,
-S re-predict, C commit, N next object, Shift+C clear, Ctrl+Z / Ctrl+Shift+Z undo / redo.
+S re-predict, C commit, N next object, Shift+C clear, Ctrl+Z / Ctrl+Shift+Z undo / redo, P propagate
+through a volume.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class AnnotatorWidget(Container):
         self._priority: list[int] = []
         self._models: dict = {}
         self._progress = None
-        self._labels = None
+        self._start_labels = None
+        self._busy = False  # propagating: prompts wait
 
         self._image = ComboBox(label="image", choices=self._layer_choices(Image))
         self._fix = ComboBox(label="correct labels", choices=self._layer_choices(Labels, none=True))
@@ -75,12 +77,13 @@ class AnnotatorWidget(Container):
         self._undo = PushButton(text="Undo (Ctrl+Z)")
         self._redo = PushButton(text="Redo (Ctrl+Shift+Z)")
         self._clear = PushButton(text="Clear (Shift+C)")
+        self._propagate = PushButton(text="Propagate in 3D (P)")
         self._edit = PushButton(text="Edit selected label")
         self._export_path = FileEdit(label="export to", mode="w", filter="*.tif *.nii.gz *.ome.zarr", value="")
         self._export = PushButton(text="Export labels")
         self._status = Label(value="choose an image and press Start")
         self.extend([self._image, self._fix, self._model, self._checkpoint, self._device, self._start, self._positive,
-                     self._commit, self._undo, self._redo, self._clear, self._edit, self._export_path, self._export,
+                     self._commit, self._undo, self._redo, self._clear, self._propagate, self._edit, self._export_path, self._export,
                      self._status])
 
         self._start.clicked.connect(self.start)
@@ -89,6 +92,7 @@ class AnnotatorWidget(Container):
         self._undo.clicked.connect(self.undo)
         self._redo.clicked.connect(self.redo)
         self._clear.clicked.connect(self.clear)
+        self._propagate.clicked.connect(self.propagate)
         self._edit.clicked.connect(self.edit_selected)
         self._export.clicked.connect(lambda: self.export(self._export_path.value))
         self.viewer.layers.events.inserted.connect(self.reset_choices)
@@ -106,7 +110,7 @@ class AnnotatorWidget(Container):
 
     def _bind_keys(self, target, toggle=True):
         keys = {"c": self.commit, "n": self.next_object, "Shift-c": self.clear, "s": self.repredict,
-                "Control-z": self.undo, "Control-Shift-z": self.redo}
+                "Control-z": self.undo, "Control-Shift-z": self.redo, "p": self.propagate}
         if toggle:
             keys["t"] = self.toggle_positive
         for key, func in keys.items():
@@ -120,6 +124,9 @@ class AnnotatorWidget(Container):
         data = layer.data[0] if layer.multiscale else layer.data
         try:
             shape, rgb = spatial_shape(data, rgb=layer.rgb)
+            if len(shape) == 3 and shape[-1] <= 4 < shape[0]:  # napari shows (y, x, c) as a stack of slices
+                raise PromptsegError(f"image {layer.name!r} of shape {shape} looks multichannel (its last axis has "
+                                     f"{shape[-1]} entries); split the channels and annotate one")
             fix = self._fix.value
             if fix is not None and tuple(fix.data.shape) != shape:
                 raise PromptsegError(f"labels layer {fix.name!r} has shape {tuple(fix.data.shape)}, the image {shape}")
@@ -131,7 +138,7 @@ class AnnotatorWidget(Container):
         self._teardown()
         self.layers = PromptLayers(self.viewer, layer, shape, labels, committed=fix)
         self.layers.set_positive(self._positive.value)
-        self._labels = labels
+        self._start_labels = labels
         for lay in (self.layers.points, self.layers.current, self.layers.committed):
             self._bind_keys(lay)
         self._bind_keys(self.layers.shapes, toggle=False)  # T draws paths there (napari's key)
@@ -173,7 +180,7 @@ class AnnotatorWidget(Container):
         if msg[0] == "ready":
             _, model, embedder, store = msg
             self._models[key] = model
-            self.session = Session(model, embedder.image, embeddings=store, labels=self._labels, embedder=embedder)
+            self.session = Session(model, embedder.image, embeddings=store, labels=self._start_labels, embedder=embedder)
             self.layers.committed.data = self.session.labels
             return
         _, done, total, k = msg
@@ -213,6 +220,10 @@ class AnnotatorWidget(Container):
 
     def _on_prompts_changed(self, event):
         if event.action not in ("added", "removed", "changed") or self.layers is None:
+            return
+        if self._busy:
+            show_info("promptseg: wait until the propagation has finished")
+            self.layers.show_prompts(self.session.prompts())
             return
         want = {}
         slices = set(self.session.prompts()) if self.session else set()
@@ -315,6 +326,30 @@ class AnnotatorWidget(Container):
         self.project.save_commit(self.session.labels, None if edited else bbox, self.session.objects[-1])
         self._status.value = f"committed object {label_id}"
         return label_id
+
+    def propagate(self) -> None:
+        """Carry the current object through the volume from its prompted slices (3D only)."""
+        if not self._ready() or self._busy:
+            return
+        from qtpy.QtWidgets import QApplication
+
+        k = int(self.viewer.dims.current_step[0]) if self.layers.ndim == 3 else None
+        start = k if k in self.session.prompts() and len(self.session.prompts()) > 1 else None
+        bar = progress(total=0, desc="promptseg: propagating")
+
+        def tick(done, total):
+            bar.total, bar.n = total, done
+            bar.refresh()
+            QApplication.processEvents()  # keep the viewer drawing; prompts are held off by _busy
+
+        self._busy = True
+        try:
+            self._show(self.session.propagate(start=start, progress=tick))
+        except PromptsegError as e:
+            show_error(f"promptseg: {e}")
+        finally:
+            self._busy = False
+            bar.close()
 
     def next_object(self) -> None:
         """Commit the current object if there is one, and get ready for the next click."""

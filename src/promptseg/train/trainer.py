@@ -35,7 +35,7 @@ DEFAULTS = {
     "data": {"min_area": 30, "p_non_square": 0.3},
     "prompts": {"p_click": 0.6, "p_box": 0.3, "p_squiggle": 0.1, "p_correct": 0.5, "max_corrections": 2},
     "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
-              "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0,
+              "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
               "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1},
 }
 
@@ -89,15 +89,15 @@ def _lowres_target(mask: np.ndarray, size: int, lowres: int) -> torch.Tensor:
     return F.avg_pool2d(full[None, None], size // lowres)[0, 0]
 
 
-def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor):
-    """Per-mask focal, dice and IoU-head MSE.
+def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0):
+    """Per-mask focal (``gamma`` = 0: plain BCE), dice and IoU-head MSE.
 
     logits (K, L, L), target (L, L) in 0..1, iou_pred (K,). Returns three (K,) tensors and the actual IoU (K,).
     """
     t = target.expand_as(logits)
     p = torch.sigmoid(logits)
     bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    focal = (bce * (p - t).abs() ** 2).mean(dim=(1, 2))
+    focal = (bce * (p - t).abs() ** gamma).mean(dim=(1, 2)) if gamma else bce.mean(dim=(1, 2))
     dice = 1 - (2 * (p * t).sum(dim=(1, 2)) + 1) / (p.sum(dim=(1, 2)) + t.sum(dim=(1, 2)) + 1)
     with torch.no_grad():
         pb, tb = logits > 0, t > 0.5
@@ -133,7 +133,7 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
         sparse, dense = pe(points=points, boxes=boxes, masks=prev)
         low, iou_pred = sam.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
                                          dense_prompt_embeddings=dense, multimask_output=multimask)
-        focal, dice, mse, iou = _losses(low[0], target, iou_pred[0])
+        focal, dice, mse, iou = _losses(low[0], target, iou_pred[0], t["focal_gamma"])
         best = int(torch.argmin(t["focal_weight"] * focal + dice)) if multimask else 0
         total["focal"] = total["focal"] + focal[best] / n_rounds
         total["dice"] = total["dice"] + dice[best] / n_rounds

@@ -1,0 +1,236 @@
+"""Metrics and the simulated-annotator protocol: the yardstick for every model.
+
+Metrics take bool masks (2D or 3D, napari order) and, for distances, the pixel ``spacing`` per axis
+(physical units, e.g. mm); Dice and IoU of two empty masks are 1.
+
+Protocol (:func:`simulate`): a fresh :class:`promptseg.Session` gets a start prompt — one click at the
+object's innermost pixel (distance-transform maximum), its exact bounding box, or a squiggle along its
+long axis — and then up to ``max_clicks`` correction clicks. Each click goes to the innermost pixel of
+the larger error region: positive in a missed region, negative in a false one, sent with
+``Session.add_point`` so that the previous logits are fed back exactly as in interactive use. A 3D object
+is evaluated on the slice where it is largest (until propagation is part of the protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two bool arrays of the same shape."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool arrays of the same shape."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a mask: its pixels with a background neighbour (face connectivity)."""
+    return mask & ~ndi.binary_erosion(mask, border_value=0)
+
+
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (physical units) from each boundary pixel of ``a`` to ``b``'s boundary, and back.
+
+    Returns two 1D float arrays; both empty if either mask is empty.
+    """
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    spacing = np.ones(a.ndim) if spacing is None else np.asarray(spacing, float)
+    if not a.any() or not b.any():
+        return np.zeros(0), np.zeros(0)
+    sa, sb = _surface(a), _surface(b)
+    to_b = ndi.distance_transform_edt(~sb, sampling=spacing)
+    to_a = ndi.distance_transform_edt(~sa, sampling=spacing)
+    return to_b[sa], to_a[sb]
+
+
+def hd95(a: np.ndarray, b: np.ndarray, spacing=None) -> float:
+    """95th percentile Hausdorff distance (symmetric); ``inf`` if exactly one mask is empty, 0 if both."""
+    if not np.any(a) and not np.any(b):
+        return 0.0
+    ab, ba = surface_distances(a, b, spacing)
+    if not len(ab):
+        return float("inf")
+    return float(max(np.percentile(ab, 95), np.percentile(ba, 95)))
+
+
+def masd(a: np.ndarray, b: np.ndarray, spacing=None) -> float:
+    """Mean average surface distance: the mean of the two directed mean distances."""
+    if not np.any(a) and not np.any(b):
+        return 0.0
+    ab, ba = surface_distances(a, b, spacing)
+    if not len(ab):
+        return float("inf")
+    return float((ab.mean() + ba.mean()) / 2.0)
+
+
+def innermost(mask: np.ndarray) -> tuple[float, ...]:
+    """Coordinates of the pixel of ``mask`` farthest from its boundary (image borders count as boundary)."""
+    padded = np.pad(np.asarray(mask, bool), 1)
+    dist = ndi.distance_transform_edt(padded)[(slice(1, -1),) * mask.ndim]
+    return tuple(float(v) for v in np.unravel_index(int(np.argmax(dist)), mask.shape))
+
+
+def next_click(gt: np.ndarray, pred: np.ndarray) -> tuple[tuple[float, ...], bool] | None:
+    """The simulated annotator's next click: innermost pixel of the larger error region.
+
+    Returns ``((row, col), positive)`` — positive when the larger error is a missed region — or None
+    when prediction and truth agree.
+    """
+    missed, false = gt & ~pred, pred & ~gt
+    if not missed.any() and not false.any():
+        return None
+    positive = bool(missed.sum() >= false.sum())
+    return innermost(missed if positive else false), positive
+
+
+def squiggle(mask: np.ndarray, n: int = 12) -> np.ndarray:
+    """A stroke (n, 2) inside ``mask`` along its long axis through its innermost pixel, as a person draws."""
+    rc = np.argwhere(mask).astype(float)
+    centre = np.asarray(innermost(mask))
+    cov = np.cov((rc - rc.mean(axis=0)).T) if len(rc) > 2 else np.eye(2)
+    axis = np.linalg.eigh(cov)[1][:, -1]
+    inside = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] >= 1.5
+    ends = []
+    for sign in (-1, 1):
+        t = 0.0
+        while True:
+            r, c = np.rint(centre + sign * (t + 1) * axis).astype(int)
+            if not (0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]) or not inside[r, c]:
+                break
+            t += 1
+        ends.append(centre + sign * 0.8 * t * axis)
+    return np.linspace(ends[0], ends[1], n)
+
+
+def _largest_slice(gt: np.ndarray) -> int:
+    return int(np.argmax(gt.reshape(len(gt), -1).sum(axis=1)))
+
+
+def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: int = 20, spacing=None,
+             embeddings=None, **session_kwargs) -> dict:
+    """Run the annotator protocol on one object (see the module docstring).
+
+    Parameters
+    ----------
+    model : PromptModel.
+    image : 2D (H, W[, 3]) or 3D (Z, H, W) array, as for :class:`promptseg.Session`.
+    gt : bool mask of the object, the image's spatial shape.
+    start : "click", "box" or "squiggle".
+    max_clicks : correction clicks after the start prompt.
+    spacing : pixel size per spatial axis for HD95 / MASD (default 1).
+
+    Returns
+    -------
+    dict with ``dice`` and ``iou`` (lists: after the start prompt, then after each click; once the masks
+    agree the last value is repeated), ``noc85`` / ``noc90`` (prompts needed to reach that IoU, the start
+    prompt counting 1; ``max_clicks + 2`` if never), ``hd95`` and ``masd`` (final mask), ``ms_per_prompt``.
+    """
+    from .session import Session
+
+    gt = np.asarray(gt, bool)
+    s = Session(model, image, embeddings=embeddings, **session_kwargs)
+    lead, gt2, sp2 = (), gt, spacing
+    if gt.ndim == 3:
+        z = _largest_slice(gt)
+        lead, gt2 = (z,), gt[z]
+        sp2 = None if spacing is None else tuple(spacing)[1:]
+    if not gt2.any():
+        raise ValueError("the ground-truth object is empty")
+    from .embeddings import fill
+
+    fill(s.store, s.embedder, [lead[0] if lead else 0])  # embed first: ms per prompt times the decoder path
+    times = []
+
+    def timed(fn, *args, **kw):
+        t = time.perf_counter()
+        pred = fn(*args, **kw)
+        times.append(1e3 * (time.perf_counter() - t))
+        return np.asarray(pred.mask[lead] if lead else pred.mask)
+
+    if start == "click":
+        mask = timed(s.add_point, lead + innermost(gt2))
+    elif start == "box":
+        rows, cols = np.flatnonzero(gt2.any(axis=1)), np.flatnonzero(gt2.any(axis=0))
+        mask = timed(s.add_box, lead + (rows[0], cols[0]), lead + (rows[-1], cols[-1]))
+    elif start == "squiggle":
+        mask = timed(s.add_scribble, [lead + tuple(p) for p in squiggle(gt2)])
+    else:
+        raise ValueError(f"unknown start {start!r}: use click, box or squiggle")
+    dices, ious = [dice(mask, gt2)], [iou(mask, gt2)]
+    for _ in range(max_clicks):
+        click = next_click(gt2, mask)
+        if click is None:
+            dices.append(dices[-1])
+            ious.append(ious[-1])
+            continue
+        mask = timed(s.add_point, lead + click[0], positive=click[1])
+        dices.append(dice(mask, gt2))
+        ious.append(iou(mask, gt2))
+
+    def noc(thr):
+        hit = [i for i, v in enumerate(ious) if v >= thr]
+        return hit[0] + 1 if hit else max_clicks + 2
+
+    return {"dice": dices, "iou": ious, "noc85": noc(0.85), "noc90": noc(0.90), "hd95": hd95(mask, gt2, sp2),
+            "masd": masd(mask, gt2, sp2), "ms_per_prompt": float(np.mean(times))}
+
+
+def evaluate(model, cases, *, start: str = "click", max_clicks: int = 20, progress=None) -> dict:
+    """Run :func:`simulate` on every object of every case.
+
+    ``cases``: iterable of ``(name, image, labels, spacing)``, labels an int array (0 = background).
+    Returns ``{"objects": [...per object...], "mean": {...}}`` with mean Dice/IoU per click, mean NoC,
+    HD95, MASD and ms per prompt.
+    """
+    objects = []
+    for name, image, labels, spacing in cases:
+        for label in [v for v in np.unique(labels) if v != 0]:
+            r = simulate(model, image, labels == label, start=start, max_clicks=max_clicks, spacing=spacing)
+            objects.append({"case": name, "label": int(label), **r})
+            if progress is not None:
+                progress(len(objects))
+    if not objects:
+        raise ValueError("no objects to evaluate: every label image is empty")
+    mean = {
+        "dice": np.mean([o["dice"] for o in objects], axis=0).tolist(),
+        "iou": np.mean([o["iou"] for o in objects], axis=0).tolist(),
+        **{k: float(np.mean([o[k] for o in objects])) for k in ("noc85", "noc90", "ms_per_prompt")},
+        **{k: float(np.median([o[k] for o in objects])) for k in ("hd95", "masd")},
+    }
+    return {"model": model.name, "start": start, "max_clicks": max_clicks, "n_objects": len(objects),
+            "objects": objects, "mean": mean}
+
+
+def write_report(report: dict, json_path=None, png_path=None) -> None:
+    """Save a report as JSON and/or a PNG plot of mean Dice against the number of prompts."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1, default=float))
+    if png_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+        d = report["mean"]["dice"]
+        ax.plot(range(1, len(d) + 1), d, marker="o", ms=3)
+        ax.set_xlabel("prompts (start + correction clicks)")
+        ax.set_ylabel("mean Dice")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{report['model']}, {report['start']} start, {report['n_objects']} objects")
+        fig.tight_layout()
+        fig.savefig(png_path)
+        plt.close(fig)
