@@ -107,3 +107,14 @@ def test_bad_input_gives_one_line_error(args, match, tmp_path, monkeypatch, caps
 def test_console_script_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "promptseg.cli", "models", "list"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "sam_vit_h" in r.stdout
+
+
+def test_embed_a_folder_on_dask_threads(tmp_path, capsys):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(3):
+        tifffile.imwrite(src / f"im{i}.tif", np.full((20, 30), 40 * i, np.uint8))
+    (src / "notes.txt").write_text("not an image")
+    assert main(["embed", str(src), "-o", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im0.zarr", "im1.zarr", "im2.zarr"]
+    assert "3 image(s) embedded" in capsys.readouterr().out

@@ -124,7 +124,21 @@ def _verify(path: Path, name: str | None) -> int:
 def cmd_embed(args) -> int:
     from .embeddings import embed
 
-    image, meta = _load_image(args.image)
+    inputs = _expand(args.image)
+    if len(inputs) > 1 or Path(args.image[0]).is_dir() or args.scheduler:
+        from .distributed import embed_many
+
+        bar, progress = _tqdm_progress("embedding tasks")
+        try:
+            paths = embed_many(inputs, args.output, model=args.model, checkpoint=args.checkpoint,
+                               device="cpu" if args.device == "auto" else args.device, axis=args.axis,
+                               modality=args.modality, window=args.window, batch_size=args.batch_size,
+                               scheduler=args.scheduler, progress=progress)
+        finally:
+            bar.close()
+        print(f"{len(paths)} image(s) embedded into {args.output}")
+        return 0
+    image, meta = _load_image(inputs[0])
     model = _model(args)
     bar, progress = _tqdm_progress("embedding")
     try:
@@ -134,6 +148,22 @@ def cmd_embed(args) -> int:
         bar.close()
     print(f"{store.n_slices} slice(s) embedded with {model.name} in {args.output}")
     return 0
+
+
+def _expand(items: list[str]) -> list[str]:
+    """Image arguments -> files: a folder stands for the images in it (by extension)."""
+    from .io import SUPPORTED_READ
+
+    out = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir() and not item.endswith(".zarr"):
+            out += sorted(str(f) for f in p.iterdir() if f.name.lower().endswith(SUPPORTED_READ))
+        else:
+            out.append(item)
+    if not out:
+        raise PromptsegError(f"no images found in {' '.join(items)}")
+    return out
 
 
 def cmd_segment(args) -> int:
@@ -275,10 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="precompute image embeddings into a zarr cache",
                        description="Embed a 2D image or a 3D volume (slice by slice) into a zarr cache. An interrupted run "
-                                   "resumes where it stopped; a cache made for another image or model is refused.")
-    p.add_argument("image", help="TIFF, PNG/JPEG, zarr/OME-Zarr, NIfTI file, or sample:NAME")
-    p.add_argument("-o", "--output", required=True, help="cache folder (zarr)")
+                                   "resumes where it stopped; a cache made for another image or model is refused. Several "
+                                   "images or a folder are embedded on Dask (local threads, or a cluster with --scheduler).")
+    p.add_argument("image", nargs="+", help="TIFF, PNG/JPEG, zarr/OME-Zarr, NIfTI file, sample:NAME, or a folder of images")
+    p.add_argument("-o", "--output", required=True,
+                   help="cache folder (zarr); with several images or a folder: a folder receiving NAME.zarr per image")
     p.add_argument("--batch-size", type=int, default=None, help="slices per encoder call (default 1 on CPU, 8 on GPU)")
+    p.add_argument("--scheduler", help="Dask: threads (default for many images), processes, or a dask.distributed "
+                                       "scheduler address such as tcp://host:8786")
     p.add_argument("--overwrite", action="store_true", help="replace a cache made for something else")
     _add_model_args(p)
     _add_image_args(p)

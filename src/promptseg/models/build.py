@@ -24,8 +24,7 @@ ARCHS: dict[str, dict] = {
     # the trained default: a small CNN encoder (promptseg.models.tiny.CNNEncoder, stride 16) and a
     # 128-wide SAM decoder; embed_dim/depth are the last stage's width and the number of residual blocks
     "cnn_small": dict(encoder="cnn", embed_dim=160, depth=6, num_heads=0, global_attn_indexes=(),
-                      widths=(24, 48, 96, 160), blocks=(0, 1, 2, 3), prompt_embed_dim=128, decoder_mlp_dim=512,
-                      pos_decoder=False),
+                      widths=(24, 48, 96, 160), blocks=(0, 1, 2, 3), prompt_embed_dim=128, decoder_mlp_dim=512),
 }
 
 
@@ -89,7 +88,7 @@ def build_sam(
             input_image_size=(image_size, image_size),
             mask_in_chans=16,
         ),
-        mask_decoder=_decoder_class(cfg)(
+        mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=2, embedding_dim=embed, mlp_dim=cfg["decoder_mlp_dim"], num_heads=8),
             transformer_dim=embed,
@@ -100,15 +99,6 @@ def build_sam(
         pixel_std=list(pixel_std),
     )
     return sam.eval()
-
-
-def _decoder_class(cfg: dict):
-    """SAM's MaskDecoder, or the position-aware variant of :mod:`promptseg.models.tiny` (``pos_decoder``)."""
-    if cfg.get("pos_decoder"):
-        from .tiny import PosMaskDecoder
-
-        return PosMaskDecoder
-    return MaskDecoder
 
 
 def guess_arch(state_dict: dict) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 
 import torch
-from segment_anything.modeling import MaskDecoder
 from torch import nn
 
 from .build import build_sam
@@ -96,32 +95,6 @@ class CNNEncoder(nn.Module):
             feats.append(x)
         x = x + self.fuse(nn.functional.avg_pool2d(feats[-2], 2))
         return self.neck(x)
-
-
-class PosMaskDecoder(MaskDecoder):
-    """SAM's mask decoder with the dense positional encoding added to the image features before upscaling.
-
-    Same parameters (and state-dict names) as :class:`segment_anything.modeling.MaskDecoder`. The mask is
-    the dot product of a token-derived vector with the upscaled features; adding the positional encoding
-    there lets a mask token that has read a point's positional encoding (a random Fourier feature whose
-    dot product with another position's is a kernel of their distance) localise the object directly,
-    which makes a from-scratch training escape the all-background plateau much sooner.
-    """
-
-    def predict_masks(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
-        src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0) + dense_prompt_embeddings
-        pos_src = torch.repeat_interleave(image_pe, tokens.shape[0], dim=0)
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, pos_src, tokens)
-        src = src.transpose(1, 2).reshape(b, c, h, w) + pos_src
-        up = self.output_upscaling(src)
-        hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        b, c, h, w = up.shape
-        masks = (hyper @ up.view(b, c, h * w)).view(b, -1, h, w)
-        return masks, self.iou_prediction_head(hs[:, 0, :])
 
 
 if __name__ == "__main__":

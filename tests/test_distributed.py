@@ -1,0 +1,72 @@
+"""Embedding many images on Dask: local threads and a 2-worker LocalCluster, byte-identical to a local
+run; finished slices are never recomputed; a killed worker's slices are redone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+import promptseg as ps
+from promptseg.distributed import embed_many
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    a = (rng.random((40, 50)) * 255).astype(np.uint8)
+    b = (rng.random((9, 32, 32)) * 4000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    tifffile.imwrite(tmp_path / "b.tif", b, photometric="minisblack")
+    return [tmp_path / "a.tif", tmp_path / "b.tif"], {"a": a, "b": b}
+
+
+def _same_as_local(paths, arrays, model):
+    for path in paths:
+        name = path.name.split(".")[0]
+        local = ps.embed(arrays[name], model, batch_size=1)
+        store = ps.EmbeddingStore.open(path)
+        assert store.missing() == []
+        for i in range(store.n_slices):
+            assert np.array_equal(store.get(i), local.get(i)), (name, i)  # byte-identical
+
+
+def test_local_threads(images, tmp_path, default_model):
+    files, arrays = images
+    seen = []
+    paths = embed_many(files, tmp_path / "out", chunk=4, progress=lambda d, t: seen.append((d, t)))
+    assert [p.name for p in paths] == ["a.zarr", "b.zarr"] and seen[-1] == (4, 4)  # 1 + ceil(9 / 4) tasks
+    _same_as_local(paths, arrays, default_model)
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("c/*") if p.is_file()}
+    assert embed_many(files, tmp_path / "out") == paths  # all done: nothing recomputed, nothing rewritten
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_duplicate_names_are_refused(images, tmp_path):
+    files, _ = images
+    with pytest.raises(ps.PromptsegError, match="share the store"):
+        embed_many([files[0], files[0]], tmp_path / "out")
+
+
+def test_local_cluster_of_two_workers_survives_a_killed_worker(images, tmp_path, default_model):
+    distributed = pytest.importorskip("dask.distributed")
+    files, arrays = images
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        done = []
+
+        def progress(d, t):
+            done.append(d)
+            if d == 2:  # some tasks finished: kill one worker; its unfinished task goes to the other
+                os.kill(pids[0], signal.SIGKILL)
+
+        start = time.time()
+        paths = embed_many(files, tmp_path / "out", chunk=1, scheduler=client, progress=progress)
+        assert time.time() - start < 240
+    assert done[-1] == 10  # 1 + 9 tasks
+    _same_as_local(paths, arrays, default_model)
