@@ -302,3 +302,25 @@ def test_p_propagates_through_the_volume(make_napari_viewer, qtbot, messages):
     viewer2, w2 = _open(make_napari_viewer, qtbot, sample="coins")
     _press(w2.layers.points, "p")
     assert any("3D volume" in m for m in messages)
+
+
+def test_annotate_command_opens_sample_with_the_annotator(qtbot, monkeypatch):
+    """What `promptseg annotate --sample coins` (the README's main job) does, minus the event loop."""
+    import promptseg.cli as cli
+    from promptseg.napari._launch import launch
+
+    opened = {}
+
+    def fake_launch(image, **kw):
+        opened["viewer"], opened["widget"] = launch(image, run=False, **kw)
+
+    monkeypatch.setattr("promptseg.napari._launch.launch", fake_launch)
+    assert cli.main(["annotate", "--sample", "coins", "--device", "cpu"]) == 0
+    viewer, w = opened["viewer"], opened["widget"]
+    try:
+        assert "coins" in viewer.layers and w._model.value == "default"
+        qtbot.waitUntil(lambda: w.session is not None and bool(w.embedded), timeout=30000)
+        w.layers.points.add([[124, 205]])
+        assert viewer.layers["current object"].data.any()
+    finally:
+        viewer.close()

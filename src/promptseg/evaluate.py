@@ -55,24 +55,22 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing=None) -> tuple[np.nd
     return to_b[sa], to_a[sb]
 
 
-def hd95(a: np.ndarray, b: np.ndarray, spacing=None) -> float:
-    """95th percentile Hausdorff distance (symmetric); ``inf`` if exactly one mask is empty, 0 if both."""
+def _summarise(a, b, spacing, reduce) -> float:
+    """0 if both masks are empty, inf if one is, else ``reduce`` of the two directed distance sets."""
     if not np.any(a) and not np.any(b):
         return 0.0
     ab, ba = surface_distances(a, b, spacing)
-    if not len(ab):
-        return float("inf")
-    return float(max(np.percentile(ab, 95), np.percentile(ba, 95)))
+    return float(reduce(ab, ba)) if len(ab) else float("inf")
+
+
+def hd95(a: np.ndarray, b: np.ndarray, spacing=None) -> float:
+    """95th percentile Hausdorff distance (symmetric); ``inf`` if exactly one mask is empty, 0 if both."""
+    return _summarise(a, b, spacing, lambda ab, ba: max(np.percentile(ab, 95), np.percentile(ba, 95)))
 
 
 def masd(a: np.ndarray, b: np.ndarray, spacing=None) -> float:
     """Mean average surface distance: the mean of the two directed mean distances."""
-    if not np.any(a) and not np.any(b):
-        return 0.0
-    ab, ba = surface_distances(a, b, spacing)
-    if not len(ab):
-        return float("inf")
-    return float((ab.mean() + ba.mean()) / 2.0)
+    return _summarise(a, b, spacing, lambda ab, ba: (ab.mean() + ba.mean()) / 2.0)
 
 
 def innermost(mask: np.ndarray) -> tuple[float, ...]:

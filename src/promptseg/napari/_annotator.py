@@ -166,8 +166,11 @@ class AnnotatorWidget(Container):
 
     def _teardown(self):
         self._stop_worker()
-        if self.layers is not None:  # a restart: drop the previous prompt layers, keep the labels
-            for layer in (self.layers.points, self.layers.shapes, self.layers.current):
+        if self.layers is not None:  # a restart: drop the previous layers (committed objects are saved)
+            old = [self.layers.points, self.layers.shapes, self.layers.current]
+            if self.layers.committed is not self._fix.value:
+                old.append(self.layers.committed)
+            for layer in old:
                 if layer in self.viewer.layers:
                     self.viewer.layers.remove(layer)
         self.session, self.embedded = None, set()
