@@ -393,3 +393,32 @@ def test_features_are_float16_one_chunk_per_slice(fast, tmp_path):
     got = store.get(1)
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, expected)
+
+
+def test_out_of_gpu_memory_splits_the_batch(small_sam, monkeypatch):
+    """A batch that does not fit is halved and retried; a single slice that does not fit is a clear error."""
+    import torch
+
+    model, _ = small_sam
+    vol = np.random.default_rng(0).integers(0, 255, (6, 32, 32), dtype=np.uint8)
+    real = model.encode
+    sizes = []
+
+    def encode(images):
+        sizes.append(len(images))
+        if len(images) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(images)
+
+    monkeypatch.setattr(model, "encode", encode)
+    store = ps.embed(vol, model, batch_size=6)
+    assert store.missing() == [] and sizes == [6, 3, 1, 1, 1, 1, 1, 1]  # 6 -> 3 -> 1, kept for the rest
+    reference = ps.embed(vol, model, batch_size=1)
+    assert all(np.array_equal(store.get(i), reference.get(i)) for i in range(6))
+
+    def never(images):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(model, "encode", never)
+    with pytest.raises(ps.ModelError, match="out of CPU memory embedding one slice"):
+        ps.embed(vol, model, batch_size=4)

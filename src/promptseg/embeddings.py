@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import zarr
 
-from .errors import CacheError, ImageError
+from .errors import CacheError, ImageError, ModelError
 from .preprocess import Frame, Intensity, check_finite, choose_intensity, spatial_shape
 
 FORMAT_VERSION = 1
@@ -263,16 +263,42 @@ def open_store(embedder: Embedder, cache=None, *, overwrite=False) -> EmbeddingS
 
 
 def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None, progress: Progress | None = None) -> None:
-    """Embed ``indices`` into ``store`` batch by batch (peak memory: one batch)."""
+    """Embed ``indices`` into ``store`` batch by batch (peak memory: one batch).
+
+    A batch that runs out of GPU memory is split in halves and retried, and the smaller batch size is
+    kept for the rest of the run; a single slice that does not fit raises :class:`ModelError`.
+    """
     indices = [i for i in indices if not store.is_done(i)]
     if batch_size is None:
         batch_size = 1 if embedder.model.device.type == "cpu" else 8
-    total, done = len(indices), 0
-    for start in range(0, total, batch_size):
+    total, done, start = len(indices), 0, 0
+    while start < total:
         chunk = indices[start : start + batch_size]
-        feats = embedder.compute(chunk)
+        try:
+            feats = embedder.compute(chunk)
+        except _oom_errors() as e:
+            if len(chunk) == 1:
+                raise ModelError(f"out of {embedder.model.device.type.upper()} memory embedding one slice with "
+                                 f"{embedder.model.name}; free memory, use a smaller model or device='cpu'") from e
+            _free_cache()
+            batch_size = max(1, len(chunk) // 2)
+            continue
         for i, f in zip(chunk, feats):
             store.put(i, f)
         done += len(chunk)
+        start += len(chunk)
         if progress is not None:
             progress(done, total)
+
+
+def _oom_errors() -> tuple:
+    import torch
+
+    return (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else (RuntimeError,)
+
+
+def _free_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
