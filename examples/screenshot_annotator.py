@@ -37,7 +37,11 @@ def main():
     widget.commit()
     widget.layers.points.add([list(second)])
     viewer.window._qt_window.resize(1400, 900)
-    for _ in range(20):
+    for _ in range(10):
+        app.processEvents()
+        time.sleep(0.05)
+    viewer.reset_view()
+    for _ in range(10):
         app.processEvents()
         time.sleep(0.05)
     viewer.screenshot(args.output, canvas_only=False)

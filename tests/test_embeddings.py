@@ -80,13 +80,14 @@ def test_cache_is_written_and_reused_without_encoding(default_model, rgb_image, 
     assert (path / "zarr.json").is_file() and (path / "features").is_dir()
     assert first.n_slices == 1 and first.missing() == []
     feats = np.asarray(first.features[:])
-    assert feats.shape == (1, 256, 64, 64) and np.abs(feats).max() > 0
+    pe = default_model.sam.prompt_encoder
+    assert feats.shape == (1, pe.embed_dim, *pe.image_embedding_size) and np.abs(feats).max() > 0
 
     calls = count_encode(default_model)
     again = ps.embed(rgb_image, default_model, cache=path)
     assert calls == [], "a matching cache must be reused, not recomputed"
     np.testing.assert_array_equal(np.asarray(again.features[:]), feats)
-    assert again.frame == Frame((300, 500), (614, 1024), 1024)
+    assert again.frame == Frame.for_shape((300, 500), default_model.input_size)  # longest side to the input size
     # and the cache survives a fresh open from disk
     np.testing.assert_array_equal(EmbeddingStore.open(path).get(0), feats[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.zarr"], "no temporary store left behind"
@@ -142,7 +143,7 @@ def test_cache_of_another_model_is_refused(default_model, small_sam, tmp_path):
     ps.embed(img, default_model, cache=path)
     with pytest.raises(ps.CacheError) as exc:
         ps.embed(img, small, cache=path)
-    assert "another model (promptseg_tiny)" in str(exc.value) and str(path) in str(exc.value)
+    assert f"another model ({default_model.name})" in str(exc.value) and str(path) in str(exc.value)
     store = ps.embed(img, small, cache=path, overwrite=True)
     assert store.signature["model"] == small.fingerprint
     assert store.signature["model_name"] == "test_small"

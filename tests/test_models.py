@@ -25,6 +25,16 @@ from promptseg.models.model import PromptModel
 
 from conftest import make_checkpoint
 
+DEFAULT = registry.get_spec("default")  # the shipped model behind the alias
+
+
+def _default_like(path, seed: int) -> str:
+    """Other random weights of the default's architecture, saved as a plain state dict."""
+    torch.manual_seed(seed)
+    sam = build_sam(DEFAULT.arch, image_size=DEFAULT.input_size, **DEFAULT.arch_kwargs)
+    torch.save(sam.state_dict(), path)
+    return str(path)
+
 SAM_MODELS = ("sam_vit_b", "sam_vit_l", "sam_vit_h")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -82,15 +92,17 @@ def _same_weights(sam, state: dict) -> bool:
 # -- registry ----------------------------------------------------------------------------------------
 def test_default_loads_shipped_weights_offline(cache, forbid_download):
     model = ps.load_model("default", device="cpu")
-    shipped = weights_dir() / "promptseg_tiny.pt"
+    shipped = weights_dir() / DEFAULT.shipped
     assert model.checkpoint == shipped
     assert model.device == torch.device("cpu")
     assert next(model.sam.parameters()).device.type == "cpu"
     assert _same_weights(model.sam, torch.load(shipped, map_location="cpu", weights_only=True))
     assert _files(cache) == set(), "loading the shipped default must not write to the cache"
-    # the model actually runs: one 1024x1024 input -> (1, 256, 64, 64) embedding
-    out = model.encode([np.zeros((1024, 1024, 3), np.uint8)])
-    assert tuple(out.shape) == (1, 256, 64, 64)
+    # the model actually runs: one input-sized image -> (1, C, g, g), as its prompt encoder expects
+    size = model.input_size
+    out = model.encode([np.zeros((size, size, 3), np.uint8)])
+    pe = model.sam.prompt_encoder
+    assert tuple(out.shape) == (1, pe.embed_dim, *pe.image_embedding_size)
 
 
 def test_registry_lists_models_with_urls_hashes_and_licences():
@@ -125,7 +137,7 @@ def test_unknown_model_lists_known_names(cache, forbid_download):
 @pytest.mark.parametrize("wrap", ["plain", "model", "state_dict"])
 def test_official_and_wrapped_state_dicts_load(tmp_path, cache, forbid_download, wrap):
     torch.manual_seed(11)
-    sam = build_sam("tiny")
+    sam = build_sam(DEFAULT.arch, image_size=DEFAULT.input_size, **DEFAULT.arch_kwargs)
     state = sam.state_dict()  # as segment-anything saves it: torch.save(sam.state_dict())
     obj = state if wrap == "plain" else {wrap: state, "epoch": 3}
     path = tmp_path / "ckpt.pth"
@@ -141,7 +153,7 @@ def test_small_checkpoint_loaded_as_default_names_file_and_architecture(small_sa
         ps.load_model("default", checkpoint=path, device="cpu")
     msg = str(exc.value)
     assert str(path) in msg
-    assert "promptseg_tiny" in msg and "architecture tiny" in msg
+    assert DEFAULT.name in msg and f"architecture {DEFAULT.arch}" in msg
     assert "wrongly shaped" in msg
 
 
@@ -157,7 +169,7 @@ def test_vit_b_shaped_checkpoint_gets_a_hint(tmp_path, cache):
     msg = str(exc.value)
     assert str(path) in msg
     assert "looks like a vit_b checkpoint" in msg
-    assert "architecture tiny" in msg
+    assert f"architecture {DEFAULT.arch}" in msg
 
 
 def _bad_file(kind: str, folder: Path, good: str) -> Path:
@@ -355,11 +367,11 @@ def test_fingerprint_tracks_weights_and_normalisation(default_model, small_sam, 
     fp = default_model.fingerprint
     assert re.fullmatch(r"[0-9a-f]{32}", fp)
     # stable: the same file loaded again, and recomputed from scratch
-    again = ps.load_model("default", checkpoint=weights_dir() / "promptseg_tiny.pt", device="cpu")
+    again = ps.load_model("default", checkpoint=weights_dir() / DEFAULT.shipped, device="cpu")
     assert again.fingerprint == fp
     assert PromptModel(again.sam, again.spec, again.device).fingerprint == fp
     # other weights of the same architecture, another architecture, another normalisation
-    other = ps.load_model("default", checkpoint=make_checkpoint(tmp_path / "other.pth", seed=1), device="cpu")
+    other = ps.load_model("default", checkpoint=_default_like(tmp_path / "other.pth", seed=1), device="cpu")
     assert other.fingerprint != fp
     assert small.fingerprint not in (fp, other.fingerprint)
     renorm = PromptModel(again.sam, replace(again.spec, pixel_mean=(0.0, 0.0, 0.0)), again.device)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,11 +39,12 @@ def test_shipped_weights_match_sha256sums():
         assert path.stat().st_size < 25 * 2**20
 
 
-@pytest.mark.parametrize("name", ["promptseg_tiny.pt"])
-def test_default_model_is_the_shipped_file(name, tmp_path, monkeypatch):
+def test_default_model_is_the_shipped_file(tmp_path, monkeypatch):
     import promptseg as ps
+    from promptseg.models.registry import get_spec
 
     monkeypatch.setenv("PROMPTSEG_CACHE", str(tmp_path))  # an empty cache: nothing to find there
     model = ps.load_model("default", device="cpu")
-    assert model.checkpoint.name == name and model.spec.name == "promptseg_tiny"
+    spec = get_spec("default")
+    assert model.checkpoint == ROOT / "weights" / spec.shipped and model.spec == spec
     assert list(tmp_path.iterdir()) == []

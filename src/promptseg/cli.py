@@ -234,6 +234,8 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, write_report
 
     labels = list(args.labels or [])
+    if args.axis not in (None, 0):
+        raise PromptsegError("evaluate prompts on slices along the first axis; reorder the volume instead of --axis")
     if labels and len(labels) != len(args.images):
         raise PromptsegError(f"{len(args.images)} image(s) but {len(labels)} label file(s); give one --labels per image")
     cases = []
@@ -251,7 +253,7 @@ def cmd_evaluate(args) -> int:
             raise PromptsegError(f"no labels for {name}; pass --labels")
         cases.append((name, np.asarray(image), np.asarray(lab), meta.spacing))
     model = _model(args)
-    report = evaluate(model, cases, start=args.start, max_clicks=args.clicks)
+    report = evaluate(model, cases, start=args.start, max_clicks=args.clicks, modality=args.modality, window=args.window)
     write_report(report, args.output, args.plot)
     m = report["mean"]
     d = m["dice"]
@@ -343,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="JSON report")
     p.add_argument("--plot", help="PNG of mean Dice against prompts")
     _add_model_args(p)
+    _add_image_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model from a config (seeded, resumable)",

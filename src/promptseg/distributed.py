@@ -5,7 +5,9 @@ missing slices into tasks of ``chunk`` slices. A task opens its image lazily, lo
 worker process (cached), embeds its slices and writes them into the same zarr store as a local run would
 (one chunk per slice, written atomically, done flag after the chunk). Slices already done are skipped,
 so a task that is re-run after its worker died recomputes only what was not finished, and a cluster
-run and a local run on the same device and precision give byte-identical embeddings.
+run and a local run on the same device, precision and number of torch threads give byte-identical
+embeddings (CPU convolutions may round differently with another thread count; dask starts its worker
+processes with one thread).
 
 Point it at a cluster with ``scheduler="tcp://host:8786"`` (a ``dask.distributed`` scheduler whose
 workers can read the images and write the output folder, e.g. a shared file system); each GPU machine

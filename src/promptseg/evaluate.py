@@ -185,17 +185,17 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
             "masd": masd(mask, gt2, sp2), "ms_per_prompt": float(np.mean(times))}
 
 
-def evaluate(model, cases, *, start: str = "click", max_clicks: int = 20, progress=None) -> dict:
+def evaluate(model, cases, *, start: str = "click", max_clicks: int = 20, progress=None, **session_kwargs) -> dict:
     """Run :func:`simulate` on every object of every case.
 
     ``cases``: iterable of ``(name, image, labels, spacing)``, labels an int array (0 = background).
     Returns ``{"objects": [...per object...], "mean": {...}}`` with mean Dice/IoU per click, mean NoC,
-    HD95, MASD and ms per prompt.
+    HD95, MASD and ms per prompt. ``session_kwargs`` (``modality``, ``window``, ...) go to each Session.
     """
     objects = []
     for name, image, labels, spacing in cases:
         for label in [v for v in np.unique(labels) if v != 0]:
-            r = simulate(model, image, labels == label, start=start, max_clicks=max_clicks, spacing=spacing)
+            r = simulate(model, image, labels == label, start=start, max_clicks=max_clicks, spacing=spacing, **session_kwargs)
             objects.append({"case": name, "label": int(label), **r})
             if progress is not None:
                 progress(len(objects))

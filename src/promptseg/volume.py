@@ -2,11 +2,12 @@
 
 Slices that carry prompts are *key slices*. From each key slice the object is carried slice by slice
 along the session's axis: the previous slice's low-resolution logits become the next slice's
-``mask_input``, together with a box around the previous mask (grown by 10 % + 2 px) and a positive point
-at its innermost pixel. A walk stops at the end of the volume or of ``z_range``, at a stop mark
-(:meth:`Session.set_stop`), at the next key slice, or when the object ends: the mask vanishes, its area
-falls below ``min_area_ratio`` of the previous slice's, or its IoU with the previous slice's mask drops
-below ``stop_iou``. Between two key slices both walks run and their logits are blended linearly by
+``mask_input``, together with a positive point at the previous mask's innermost pixel. (A box around the
+previous mask was tried too: it makes the decoder find *something* inside the box on every slice, so
+walks ran past the object's end.) A walk stops at the end of the volume or of ``z_range``, at a stop mark
+(:meth:`Session.set_stop`), at the next key slice, or when the object ends: the mask vanishes, the
+decoder's predicted IoU falls below ``min_score``, the area falls below ``min_area_ratio`` of the
+previous slice's, or the IoU with the previous slice's mask drops below ``stop_iou``. Between two key slices both walks run and their logits are blended linearly by
 distance, so each key slice dominates near itself. Propagated slices hold no prompts of their own; a
 prompt on one makes it a key slice (its propagated logits are fed back as the correction's
 ``mask_input``), and ``propagate(start=k)`` then redoes only the stretches next to slice ``k``.
@@ -27,14 +28,8 @@ def _innermost(mask: np.ndarray) -> tuple[float, float]:
     return innermost(mask)
 
 
-def _grown_box(mask: np.ndarray, plane) -> tuple[float, float, float, float]:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
-    mr, mc = 0.1 * h + 2, 0.1 * w + 2
-    return (max(rows[0] - mr, -0.5), max(cols[0] - mc, -0.5), min(rows[-1] + mr, plane[0] - 0.5), min(cols[-1] + mc, plane[1] - 0.5))
-
-
-def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, min_area_ratio: float, tick) -> dict:
+def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, min_area_ratio: float, min_score: float,
+          tick) -> dict:
     """Carry slice ``start``'s state towards ``limit`` (inclusive); returns {slice: SliceState}."""
     plane = session._plane_shape()
     prev = session._states[start]
@@ -44,10 +39,9 @@ def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, mi
         if j in stops:
             break
         point = _innermost(prev_mask)
-        state = session._decode(j, SliceState(logits=prev.logits), extra_points=([point], [1]),
-                                extra_box=_grown_box(prev_mask, plane))
+        state = session._decode(j, SliceState(logits=prev.logits), extra_points=([point], [1]))
         tick()
-        if state.bits is None:
+        if state.bits is None or state.score < min_score:
             break
         mask = unpack(state.bits, plane)
         overlap = (mask & prev_mask).sum() / max((mask | prev_mask).sum(), 1)
@@ -68,7 +62,7 @@ def _blend(session, j: int, a: int, c: int, fwd: SliceState, bwd: SliceState) ->
 
 
 def propagate(session, *, start: int | None = None, z_range=None, stop_iou: float = 0.25, min_area_ratio: float = 0.15,
-              progress=None):
+              min_score: float = 0.6, progress=None):
     """Propagate the session's current object through its volume (see the module docstring).
 
     Parameters
@@ -76,7 +70,7 @@ def propagate(session, *, start: int | None = None, z_range=None, stop_iou: floa
     session : a Session on a 3D image.
     start : a key slice: redo only the stretches next to it (after a correction); default: all.
     z_range : (first, last) slices, inclusive, that propagation may fill; default: the whole volume.
-    stop_iou, min_area_ratio : when the object is taken to end (see above).
+    stop_iou, min_area_ratio, min_score : when the object is taken to end (see above).
     progress : called as ``progress(done, total)`` after each slice decoded (total is an upper bound).
 
     Returns
@@ -109,8 +103,9 @@ def propagate(session, *, start: int | None = None, z_range=None, stop_iou: floa
     stops = set(session.stops)
     new: dict[int, SliceState] = {}
     for a, c in stretches:
-        fwd = _walk(session, a, +1, c - 1, stops, stop_iou, min_area_ratio, tick) if a >= lo else {}
-        bwd = _walk(session, c, -1, a + 1, stops, stop_iou, min_area_ratio, tick) if c <= hi else {}
+        args = (stops, stop_iou, min_area_ratio, min_score, tick)
+        fwd = _walk(session, a, +1, c - 1, *args) if a >= lo else {}
+        bwd = _walk(session, c, -1, a + 1, *args) if c <= hi else {}
         for j in range(a + 1, c):
             if j in fwd and j in bwd:
                 new[j] = _blend(session, j, a, c, fwd[j], bwd[j])

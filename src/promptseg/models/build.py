@@ -18,8 +18,8 @@ ARCHS: dict[str, dict] = {
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
     "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
-    # the shipped default until the trained model lands: windowed attention only, ~40 ms per 1024² image
-    # on 2 CPU threads (a global block over 4096 tokens alone would cost ~0.5 s there)
+    # a cheap ViT for tests (random weights): windowed attention only (a global block over 4096 tokens
+    # alone would cost ~0.5 s per 1024² image on 2 CPU threads)
     "tiny": dict(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=()),
     # the trained default: a small CNN encoder (promptseg.models.tiny.CNNEncoder, stride 16) and a
     # 128-wide SAM decoder; embed_dim/depth are the last stage's width and the number of residual blocks

@@ -56,7 +56,7 @@ class ModelSpec:
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
 _REGISTRY: dict[str, ModelSpec] = {}
-_ALIASES: dict[str, str] = {"default": "promptseg_tiny"}
+_ALIASES: dict[str, str] = {"default": "promptseg_cnn_s"}
 
 
 def register_model(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
@@ -116,9 +116,9 @@ for _spec in (
         description="MedSAM ViT-B (SAM fine-tuned on 1.5M medical image-mask pairs; download by hand)",
     ),
     ModelSpec(
-        "promptseg_tiny", "tiny", "promptseg_tiny.pt", None, None, "Apache-2.0",
-        shipped="promptseg_tiny.pt",
-        description="shipped default: small ViT encoder + SAM decoder (random-initialised placeholder)",
+        "promptseg_cnn_s", "cnn_small", "promptseg_cnn_s.pt", None, None, "Apache-2.0", input_size=256,
+        shipped="promptseg_cnn_s.pt",
+        description="shipped default: small CNN encoder + SAM decoder, trained by promptseg on synthetic data",
     ),
 ):
     register_model(_spec)

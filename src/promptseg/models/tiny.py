@@ -1,25 +1,14 @@
-"""The shipped default model's architecture and its placeholder weights.
+"""Small architectures of promptseg's own models.
 
-Until the trained default lands, ``weights/promptseg_tiny.pt`` holds a *random-initialised* model of the
-``tiny`` architecture (a 2-block windowed ViT encoder, 64 wide, with SAM's prompt encoder and mask
-decoder), created reproducibly by :func:`make_placeholder`. It exercises every code path at CPU speed;
-its masks carry no meaning. Regenerate with ``python -m promptseg.models.tiny weights/promptseg_tiny.pt``.
+:class:`CNNEncoder` is the image encoder of the shipped default (``cnn_small`` in
+:data:`promptseg.models.build.ARCHS`, trained by ``promptseg train``); the ``tiny`` ViT architecture is
+used, with random weights, by the tests.
 """
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import nn
-
-from .build import build_sam
-
-
-def make_placeholder(seed: int = 0):
-    """A ``tiny`` Sam with weights drawn from the default initialisers under ``seed``."""
-    torch.manual_seed(seed)
-    return build_sam("tiny")
 
 
 def save_state_dict(sam, path) -> None:
@@ -95,7 +84,3 @@ class CNNEncoder(nn.Module):
             feats.append(x)
         x = x + self.fuse(nn.functional.avg_pool2d(feats[-2], 2))
         return self.neck(x)
-
-
-if __name__ == "__main__":
-    save_state_dict(make_placeholder(), sys.argv[1])

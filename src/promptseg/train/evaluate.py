@@ -111,7 +111,10 @@ def run(model, n_synthetic: int = 100, png: str | None = None) -> dict:
 
 
 def _draw(im: np.ndarray, lab: np.ndarray, coins: list[dict], path: str) -> None:
-    """Three panels: reference labels, 1-click masks (dot = click), box masks; per-coin Dice in the title."""
+    """Three panels: reference labels, 1-click masks (dot = click), box masks; per-coin Dice as text.
+
+    Predictions are filled in colour; the reference outline is drawn in cyan on the prediction panels.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,9 +131,11 @@ def _draw(im: np.ndarray, lab: np.ndarray, coins: list[dict], path: str) -> None
             rgba[m] = (*cmap(k % 20)[:3], 0.45)
             ax.imshow(rgba)
             gt = lab == k
+            if key:
+                ax.contour(gt, [0.5], colors="c", linewidths=0.6)
             if key == "click1":
                 r, c = innermost(gt)
-                ax.plot(c, r, "w.", ms=6)
+                ax.plot(c, r, "r.", ms=6)
                 ax.text(c, r - 4, f"{res['clicks'][0]:.2f}", color="yellow", fontsize=7, ha="center")
             elif key == "box":
                 rows, cols = np.flatnonzero(gt.any(axis=1)), np.flatnonzero(gt.any(axis=0))

@@ -1,0 +1,49 @@
+"""Fixed cases for the shipped default model (trained by promptseg): what a new user sees first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.data
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.measure import label
+from skimage.morphology import remove_small_objects
+
+import promptseg as ps
+from promptseg.evaluate import dice
+
+
+def _disk(fg, bg, seed=0):
+    rr, cc = np.mgrid[:200, :260]
+    disk = (rr - 100) ** 2 + (cc - 120) ** 2 < 45**2
+    img = np.where(disk, fg, bg).astype(float) + np.random.default_rng(seed).normal(0, 8, disk.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), disk
+
+
+@pytest.mark.parametrize("fg, bg", [(200, 40), (40, 200), (120, 90)])  # bright, dark, low contrast
+def test_one_click_or_a_box_segments_a_disk(default_model, fg, bg):
+    img, disk = _disk(fg, bg)
+    assert dice(ps.Session(default_model, img).add_point((100, 120)).mask, disk) > 0.9
+    assert dice(ps.Session(default_model, img).add_box((55, 75), (145, 165)).mask, disk) > 0.85
+
+
+@pytest.mark.parametrize("rc", [(124, 205), (196, 102), (263, 244), (51, 155)])
+def test_one_click_on_a_coin(default_model, rc):
+    """scikit-image's coins, each coin labelled by Otsu threshold + hole filling (an honest, simple truth)."""
+    img = skimage.data.coins()
+    coins = label(remove_small_objects(ndi.binary_fill_holes(img > threshold_otsu(img)), max_size=300))
+    truth = coins == coins[rc]
+    mask = ps.Session(default_model, img).add_point(rc).mask
+    assert mask[rc] and dice(mask, truth) > 0.7
+
+
+def test_a_negative_click_removes_a_false_region(default_model):
+    img, disk = _disk(200, 40)
+    img[60:140, 170:230] = 200  # a second bright object touching the first one's box
+    s = ps.Session(default_model, img)
+    first = s.add_box((50, 70), (150, 235)).mask.copy()  # a box around both
+    second = s.add_point((100, 200), positive=False).mask
+    right = np.zeros_like(disk)
+    right[60:140, 170:230] = True
+    assert (second & right).sum() < (first & right).sum()
