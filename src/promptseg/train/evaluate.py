@@ -19,20 +19,8 @@ import time
 import numpy as np
 
 import promptseg as ps
-from . import prompts as P
+from ..evaluate import dice, innermost, next_click  # the same protocol as `promptseg evaluate`
 from .synthetic import sample
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two bool arrays (1.0 when both are empty)."""
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
-
-
-def innermost(mask: np.ndarray) -> np.ndarray:
-    """(row, col) of the pixel of ``mask`` farthest from its boundary; float (2,)."""
-    d = P._inner_distance(mask)
-    return np.array(np.unravel_index(int(np.argmax(d)), d.shape), dtype=np.float64)
 
 
 def evaluate_object(model, image: np.ndarray, gt: np.ndarray, n_clicks: int = 3, session_kwargs=None) -> dict:
@@ -46,7 +34,7 @@ def evaluate_object(model, image: np.ndarray, gt: np.ndarray, n_clicks: int = 3,
     masks = {"click1": pred.mask.copy()}
     scores = [dice(pred.mask, gt)]
     for _ in range(n_clicks - 1):
-        click = P.correction_click(None, gt, pred.mask)
+        click = next_click(gt, np.asarray(pred.mask))
         if click is None:
             scores.append(scores[-1])
             continue
