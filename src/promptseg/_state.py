@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import PromptError
 from .prompts import Box
 
 
@@ -32,14 +31,6 @@ class SliceState:
 
 
 EMPTY = SliceState()
-
-
-def clip_stroke(rc: np.ndarray, plane: tuple[int, int]) -> tuple:
-    """Keep the vertices of a stroke that lie on the slice; PromptError if none does."""
-    keep = rc[np.all((rc >= -0.5) & (rc <= np.asarray(plane) - 0.5), axis=1)]
-    if not len(keep):
-        raise PromptError(f"scribble lies outside the image of shape {tuple(plane)}")
-    return tuple((float(r), float(c)) for r, c in keep)
 
 
 def insert_axis(box2: tuple, axis: int, item) -> tuple:

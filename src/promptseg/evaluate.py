@@ -73,10 +73,16 @@ def masd(a: np.ndarray, b: np.ndarray, spacing=None) -> float:
     return _summarise(a, b, spacing, lambda ab, ba: (ab.mean() + ba.mean()) / 2.0)
 
 
+def inner_distance(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (pixels) of each mask pixel to the nearest pixel outside it; image borders count
+    as outside. float64 of the mask's shape, 0 outside the mask."""
+    padded = np.pad(np.asarray(mask, bool), 1)
+    return ndi.distance_transform_edt(padded)[(slice(1, -1),) * padded.ndim]
+
+
 def innermost(mask: np.ndarray) -> tuple[float, ...]:
     """Coordinates of the pixel of ``mask`` farthest from its boundary (image borders count as boundary)."""
-    padded = np.pad(np.asarray(mask, bool), 1)
-    dist = ndi.distance_transform_edt(padded)[(slice(1, -1),) * mask.ndim]
+    dist = inner_distance(mask)
     return tuple(float(v) for v in np.unravel_index(int(np.argmax(dist)), mask.shape))
 
 
@@ -99,7 +105,7 @@ def squiggle(mask: np.ndarray, n: int = 12) -> np.ndarray:
     centre = np.asarray(innermost(mask))
     cov = np.cov((rc - rc.mean(axis=0)).T) if len(rc) > 2 else np.eye(2)
     axis = np.linalg.eigh(cov)[1][:, -1]
-    inside = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] >= 1.5
+    inside = inner_distance(mask) >= 1.5
     ends = []
     for sign in (-1, 1):
         t = 0.0

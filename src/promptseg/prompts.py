@@ -78,6 +78,14 @@ def clip_box(corners: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.stack([np.clip(lo, -0.5, limit), np.clip(hi, -0.5, limit)])
 
 
+def clip_stroke(rc: np.ndarray, plane: tuple[int, int]) -> tuple:
+    """Keep the vertices (N, 2) of a stroke that lie on the slice; PromptError if none does."""
+    keep = rc[inside(rc, plane)]
+    if not len(keep):
+        raise PromptError(f"scribble lies outside the image of shape {tuple(plane)}")
+    return tuple((float(r), float(c)) for r, c in keep)
+
+
 def scribble_to_points(polyline: np.ndarray, max_points: int = 8, spacing: float = 12.0) -> np.ndarray:
     """Well-spread points along a polyline (N, 2) in (row, col).
 

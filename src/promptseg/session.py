@@ -16,8 +16,8 @@ import numpy as np
 
 from .embeddings import Embedder, EmbeddingStore, fill, open_store
 from .errors import ImageError, PromptError
-from ._state import EMPTY, SliceState, clip_stroke, insert_axis, pack, unpack
-from .prompts import Box, Point, as_coords, check_inside, clip_box, one_slice, scribble_to_points
+from ._state import EMPTY, SliceState, insert_axis, pack, unpack
+from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice, scribble_to_points
 
 
 @dataclass(frozen=True)

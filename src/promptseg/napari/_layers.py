@@ -16,7 +16,7 @@ import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
 from ..errors import PromptError
-from ..prompts import clip_box
+from ..prompts import clip_box, inside
 
 POSITIVE, NEGATIVE = "#33ff33", "#ff33ff"
 
@@ -99,7 +99,7 @@ class PromptLayers:
                     continue  # entirely off the image: not a prompt
                 box = (tuple(lo), tuple(hi))
             elif kind in ("path", "line", "polygon", "ellipse"):
-                rc = rc[np.all((rc >= -0.5) & (rc <= np.asarray(plane) - 0.5), axis=1)]
+                rc = rc[inside(rc, plane)]
                 if len(rc):
                     scribbles.append((rc, bool(flag)))
         return dict(points=pts, positive=flags, box=box, scribbles=scribbles)

@@ -7,17 +7,9 @@ Segment Anything's ``(x, y)``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
+from ..evaluate import inner_distance
 from ..prompts import scribble_to_points
-
-
-def _inner_distance(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance to the nearest pixel outside ``mask`` (image borders count as outside).
-
-    mask : bool (H, W). Returns float64 (H, W), 0 outside.
-    """
-    return ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
 
 
 def _pick(rng: np.random.Generator, weight: np.ndarray) -> np.ndarray:
@@ -40,7 +32,7 @@ def first_click(rng: np.random.Generator, mask: np.ndarray, centre_power: float 
     -------
     float (2,) (row, col) of a pixel of ``mask``.
     """
-    dist = _inner_distance(mask)
+    dist = inner_distance(mask)
     weight = mask.astype(np.float64) if rng.random() < p_uniform else dist ** centre_power
     return _pick(rng, weight)
 
@@ -69,7 +61,7 @@ def squiggle(rng: np.random.Generator, mask: np.ndarray, max_points: int = 8) ->
 
     Returns float (K, 2) (row, col), 1 <= K <= ``max_points``, all inside ``mask``.
     """
-    dist = _inner_distance(mask)
+    dist = inner_distance(mask)
     size = 2.0 * float(dist.max())
     step = max(1.5, size / 8)
     pos = _pick(rng, dist ** 2)
@@ -110,7 +102,7 @@ def correction_click(rng: np.random.Generator | None, gt: np.ndarray, pred: np.n
         return None
     positive = missed.sum() >= extra.sum()
     region = missed if positive else extra
-    dist = _inner_distance(region)
+    dist = inner_distance(region)
     if rng is None:
         return np.array(np.unravel_index(int(np.argmax(dist)), dist.shape), dtype=np.float64), bool(positive)
     return _pick(rng, dist ** centre_power), bool(positive)
