@@ -16,9 +16,9 @@ class SliceState:
     points: tuple = ()
     box: Box | None = None
     scribbles: tuple = ()  # ((stroke as tuple of (row, col)), positive) pairs
-    logits: np.ndarray | None = None  # (1, L, L) float32, fed back as mask_input
+    logits: object = None  # (1, L, L) float32 fed back as mask_input; a tiled image: {tile: TileLogits}
     score: float = 0.0
-    bits: np.ndarray | None = None  # np.packbits of the slice mask; None = empty
+    bits: np.ndarray | None = None  # np.packbits of the mask inside ``extent``; None = empty
     extent: tuple | None = None  # (r0, r1, c0, c1) half-open bounds of the mask, None = empty
 
     @property
@@ -39,13 +39,29 @@ def insert_axis(box2: tuple, axis: int, item) -> tuple:
     return tuple(parts)
 
 
-def pack(mask: np.ndarray):
-    """bool (H, W) -> (packed bits, (r0, r1, c0, c1) half-open extent)."""
+def pack(mask: np.ndarray, offset: tuple[int, int] = (0, 0)):
+    """bool (h, w) mask, non-empty -> (packed bits of its bounding crop, (r0, r1, c0, c1) extent).
+
+    The extent is half-open and shifted by ``offset``, the mask's (row, col) position in the plane, so
+    a state costs memory in proportion to the object, not to the slice (or whole slide).
+    """
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
-    return np.packbits(mask), (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return np.packbits(mask[r0:r1, c0:c1]), (r0 + offset[0], r1 + offset[0], c0 + offset[1], c1 + offset[1])
 
 
-def unpack(bits: np.ndarray, shape) -> np.ndarray:
-    n = int(np.prod(shape))
-    return np.unpackbits(bits, count=n).view(bool).reshape(shape)
+def unpack(bits: np.ndarray, extent: tuple) -> np.ndarray:
+    """Inverse of :func:`pack`: bool crop of shape (r1 - r0, c1 - c0)."""
+    r0, r1, c0, c1 = extent
+    shape = (r1 - r0, c1 - c0)
+    return np.unpackbits(bits, count=shape[0] * shape[1]).view(bool).reshape(shape)
+
+
+def plane_mask(state: SliceState, plane: tuple[int, int]) -> np.ndarray:
+    """The state's mask as a full bool plane (H, W)."""
+    out = np.zeros(plane, dtype=bool)
+    if state.bits is not None:
+        r0, r1, c0, c1 = state.extent
+        out[r0:r1, c0:c1] = unpack(state.bits, state.extent)
+    return out

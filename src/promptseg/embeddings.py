@@ -44,7 +44,7 @@ class Embedder:
 
     def __init__(self, model, image, *, axis: int | None = None, modality=None, window=None, rgb=None):
         self.model = model
-        self.image = image
+        self.image = self.data = image  # ``data``: the array that is embedded (a pyramid level when tiled)
         self.spatial, self.rgb = spatial_shape(image, rgb)
         if len(self.spatial) == 2:
             if axis not in (None, 0):
@@ -90,14 +90,18 @@ class Embedder:
         return {
             "format": FORMAT_VERSION,
             "data": self.data_hash(),
-            "shape": list(self.image.shape),
-            "dtype": str(np.dtype(self.image.dtype)),
+            "shape": list(self.data.shape),
+            "dtype": str(np.dtype(self.data.dtype)),
             "axis": self.axis,
             "model": self.model.fingerprint,
             "model_name": spec.name,
             "preprocessing": {**self.intensity.as_dict(), "resize": spec.resize, "input_size": self.model.input_size},
             "precision": "float16",
         }
+
+    def slice_hash(self, i: int) -> bytes | None:
+        """Per-slice pixel hash kept next to the embedding (tiled images only; None here)."""
+        return None
 
     def compute(self, indices) -> np.ndarray:
         """Embed slices ``indices`` in one encoder batch -> float16 (B, C, g, g) numpy array."""
@@ -121,6 +125,7 @@ class EmbeddingStore:
         self.meta = dict(group.attrs["promptseg"])
         self.features = group["features"]
         self.done_flags = group["done"]
+        self.hashes = group["hashes"] if "hashes" in group else None  # tiled images: blake2b per tile
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -153,6 +158,8 @@ class EmbeddingStore:
         c, g1, g2 = feature_shape
         group.create_array("features", shape=(n, c, g1, g2), chunks=(1, c, g1, g2), dtype="float16", fill_value=0)
         group.create_array("done", shape=(n,), chunks=(1,), dtype="uint8", fill_value=0)
+        if meta["signature"].get("tiling") is not None:
+            group.create_array("hashes", shape=(n, 16), chunks=(1, 16), dtype="uint8", fill_value=0)
         group.attrs["promptseg"] = meta
 
     @classmethod
@@ -192,6 +199,7 @@ class EmbeddingStore:
             ("shape", "another image (shape differs)"),
             ("dtype", "another image (dtype differs)"),
             ("axis", "another slicing axis"),  # before "data": the data hash is read along the axis
+            ("tiling", "another tiling or pyramid level"),
             ("data", "another image (its pixels differ)"),
             ("model", f"another model ({mine.get('model_name')})"),
             ("preprocessing", "another preprocessing (intensity window or resize)"),
@@ -213,10 +221,19 @@ class EmbeddingStore:
             raise CacheError(f"slice {i} is not embedded yet")
         return self.features[i]
 
-    def put(self, i: int, features: np.ndarray) -> None:
-        """Store slice ``i`` (features first, then the done flag)."""
+    def put(self, i: int, features: np.ndarray, pixel_hash: bytes | None = None) -> None:
+        """Store slice ``i`` (features and pixel hash first, then the done flag)."""
         self.features[i] = features
+        if self.hashes is not None and pixel_hash is not None:
+            self.hashes[i] = np.frombuffer(pixel_hash, dtype=np.uint8)
         self.done_flags[i] = 1
+
+    def hash_matches(self, i: int, pixel_hash: bytes | None) -> bool:
+        """Whether slice ``i`` was embedded from pixels with this hash (True when none is kept)."""
+        if self.hashes is None or pixel_hash is None:
+            return True
+        kept = np.asarray(self.hashes[i], dtype=np.uint8)
+        return not kept.any() or kept.tobytes() == pixel_hash
 
 
 def embed(
@@ -231,12 +248,17 @@ def embed(
     window=None,
     rgb: bool | None = None,
     overwrite: bool = False,
+    tile_shape="auto",
+    overlap: int | None = None,
+    level: int | None = None,
+    lazy: bool = False,
 ) -> EmbeddingStore:
-    """Compute (or resume, or reuse) the embeddings of a 2D image or a volume.
+    """Compute (or resume, or reuse) the embeddings of a 2D image, a volume or a slide.
 
     Parameters
     ----------
-    image : (H, W) grey, (H, W, 3|4) RGB(A), or (Z, H, W) volume; numpy or any lazily sliceable array.
+    image : (H, W) grey, (H, W, 3|4) RGB(A), or (Z, H, W) volume; numpy or any lazily sliceable array;
+        or a list of 2D pyramid levels (level 0 first).
     model : PromptModel from :func:`promptseg.load_model`.
     axis : slicing axis of a volume (default 0).
     cache : zarr folder to keep the embeddings in; ``None`` keeps them in memory.
@@ -244,14 +266,22 @@ def embed(
     progress : called as ``progress(done, total)`` after each batch.
     modality, window, rgb : intensity handling, see :mod:`promptseg.preprocess`.
     overwrite : replace a cache made for something else instead of raising :class:`CacheError`.
+    tile_shape, overlap, level : tiling of large 2D images and pyramids (:mod:`promptseg.tiling`):
+        ``"auto"`` tiles a 2D image above a size threshold, ``None`` never, an int or pair always.
+    lazy : only create (or open) the store; a :class:`~promptseg.Session` embeds the slices or tiles
+        its prompts need, when they are first needed.
 
     Returns
     -------
-    EmbeddingStore with every slice embedded.
+    EmbeddingStore with every slice (tile) embedded, unless ``lazy``.
     """
-    embedder = Embedder(model, image, axis=axis, modality=modality, window=window, rgb=rgb)
+    from .tiling import make_embedder
+
+    embedder = make_embedder(model, image, axis=axis, modality=modality, window=window, rgb=rgb,
+                             tile_shape=tile_shape, overlap=overlap, level=level)
     store = open_store(embedder, cache, overwrite=overwrite)
-    fill(store, embedder, store.missing(), batch_size=batch_size, progress=progress)
+    if not lazy:
+        fill(store, embedder, store.missing(), batch_size=batch_size, progress=progress)
     return store
 
 
@@ -284,7 +314,7 @@ def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None,
             batch_size = max(1, len(chunk) // 2)
             continue
         for i, f in zip(chunk, feats):
-            store.put(i, f)
+            store.put(i, f, embedder.slice_hash(i))
         done += len(chunk)
         start += len(chunk)
         if progress is not None:

@@ -229,8 +229,21 @@ class Project:
         return cls(path, meta, labels)
 
     def load_labels(self) -> np.ndarray:
-        """The committed labels: int32, shape `shape` (all zeros in a new project)."""
-        return np.asarray(self._labels[...], dtype=np.int32)
+        """The committed labels: int32, shape `shape` (all zeros in a new project).
+
+        Read chunk by chunk into a lazily allocated array, and only chunks holding objects are
+        copied, so the labels of a whole slide take memory only where something was annotated.
+        """
+        out = np.zeros(self.shape, dtype=np.int32)
+        if self._labels.nchunks_initialized == 0:
+            return out
+        grid = [range(0, s, c) for s, c in zip(self.shape, self._labels.chunks)]
+        for corner in np.ndindex(*[len(g) for g in grid]):
+            region = tuple(slice(g[i], g[i] + c) for g, i, c in zip(grid, corner, self._labels.chunks))
+            chunk = np.asarray(self._labels[region], dtype=np.int32)
+            if chunk.any():
+                out[region] = chunk
+        return out
 
     def save_labels(self, labels: Any, bbox: tuple[slice, ...] | None = None) -> None:
         """Write `labels` (inside `bbox` only, when given) to ``labels.zarr``.

@@ -25,6 +25,8 @@ SAMPLES: dict[str, str] = {
     "ct_lesions": "Synthetic abdominal CT, int16 HU (48, 192, 192), spacing (2.5, 0.8, 0.8) mm, "
                   "liver with 3 low-contrast lesions (ground truth available)",
     "large_2d": "Synthetic fluorescence nuclei, uint16 (4096, 4096) (ground truth available)",
+    "slide": "Synthetic H&E-like whole slide, RGB uint8 (20000, 20000, 3), 6 lazy pyramid levels "
+             "(ground truth available)",
 }
 
 _SKIMAGE = {"coins": "coins", "cell": "cell", "ihc": "immunohistochemistry", "camera": "camera"}
@@ -33,6 +35,7 @@ CT_SHAPE = (48, 192, 192)
 CT_SPACING = (2.5, 0.8, 0.8)  # mm, (z, y, x)
 LARGE_SHAPE = (4096, 4096)
 LARGE_SPACING = (0.325, 0.325)  # micrometres, a 20x objective
+SLIDE_SHAPE, SLIDE_SEED = (20000, 20000), 2026
 
 
 def load_sample(name: str) -> tuple[np.ndarray, ImageMeta]:
@@ -45,9 +48,10 @@ def load_sample(name: str) -> tuple[np.ndarray, ImageMeta]:
 
     Returns
     -------
-    image : numpy.ndarray
+    image : numpy.ndarray (a list of levels for ``"slide"``)
         napari order: ``(y, x)`` for grey, ``(y, x, 3)`` for ``"ihc"``, ``(z, y, x)`` int16
-        Hounsfield units for ``"ct_lesions"``, ``(4096, 4096)`` uint16 for ``"large_2d"``.
+        Hounsfield units for ``"ct_lesions"``, ``(4096, 4096)`` uint16 for ``"large_2d"``; for
+        ``"slide"`` a list of lazy dask arrays, the pyramid, level 0 ``(20000, 20000, 3)`` first.
     meta : ImageMeta
         Spacing (1.0 for the scikit-image photographs), axes and unit; ``source_format`` is
         ``"sample"``.
@@ -64,6 +68,11 @@ def load_sample(name: str) -> tuple[np.ndarray, ImageMeta]:
         affine = np.diag([*CT_SPACING, 1.0])
         return image, ImageMeta(spacing=CT_SPACING, axes="zyx", unit="mm", affine=affine,
                                 source_format="sample", extra=extra)
+    if name == "slide":
+        from promptseg.slide import SyntheticSlide
+
+        levels = SyntheticSlide(SLIDE_SHAPE, seed=SLIDE_SEED).levels()
+        return levels, ImageMeta(spacing=(0.5, 0.5), axes="yxc", unit="micrometer", source_format="sample", extra=extra)
     if name == "large_2d":
         image, _ = _large_2d(with_labels=False)
         return image, ImageMeta(spacing=LARGE_SPACING, axes="yx", unit="micrometer",
@@ -89,6 +98,9 @@ def sample_ground_truth(name: str) -> np.ndarray | None:
         return _ct_lesions()[1]
     if name == "large_2d":
         return _large_2d(with_labels=True)[1]
+    if name == "slide":
+        raise ImageError("the slide's labels are too large to return whole; use "
+                         "promptseg.slide.SyntheticSlide(...).labels(r0, r1, c0, c1) for a region")
     return None
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .embeddings import Embedder, EmbeddingStore, fill, open_store
-from .errors import ImageError, PromptError
+from .errors import CacheError, ImageError, PromptError
 from ._state import EMPTY, SliceState, insert_axis, pack, unpack
+from .tiling import TiledEmbedder, decode_tiles, make_embedder, mask_to_tiles
 from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice, scribble_to_points
 
 
@@ -42,21 +43,28 @@ class Session:
     Parameters
     ----------
     model : PromptModel from :func:`promptseg.load_model`.
-    image : (H, W), (H, W, 3|4) or (Z, H, W) array-like; prompts use its coordinates.
-    embeddings : EmbeddingStore from :func:`promptseg.embed` for this image and model; when absent,
-        slices are embedded in memory on first use.
+    image : (H, W), (H, W, 3|4) or (Z, H, W) array-like, or a list of 2D pyramid levels (level 0 first);
+        prompts and masks use its (level-0) pixel coordinates.
+    embeddings : EmbeddingStore from :func:`promptseg.embed` for this image and model (its tiling and
+        level are reused); when absent, slices (or tiles) are embedded in memory on first use.
     labels : existing int labels of the image's spatial shape to continue or correct (used in place
         when already int32 and writable); default: zeros.
     overwrite : whether ``commit`` may overwrite earlier objects (default: it fills only background).
     axis : slicing axis of a volume (default: the store's, else 0).
     modality, window, rgb : intensity handling, see :mod:`promptseg.preprocess` (default: the store's).
     threshold : logit threshold of the mask (0.0 as in SAM).
+    tile_shape, overlap, level : tiling of large 2D images and pyramids, see :mod:`promptseg.tiling`
+        (default: tiled above a size threshold; with ``embeddings``, the store's tiling).
     embedder : an :class:`~promptseg.embeddings.Embedder` already made for this image and model (it
-        replaces ``axis``/``modality``/``window``/``rgb`` and saves hashing the image a second time).
+        replaces the preprocessing and tiling arguments and saves hashing the image a second time).
+
+    A tiled image embeds only the tiles its prompts need; its mask and labels buffers are allocated
+    lazily by the OS (``np.zeros``), so only the pages of annotated regions take memory.
     """
 
     def __init__(self, model, image, embeddings: EmbeddingStore | None = None, *, labels=None, overwrite=False,
-                 axis=None, modality=None, window=None, rgb=None, threshold: float = 0.0, embedder: Embedder | None = None):
+                 axis=None, modality=None, window=None, rgb=None, threshold: float = 0.0, tile_shape="auto",
+                 overlap=None, level=None, embedder: Embedder | None = None):
         self.model = model
         self.image = image
         if embedder is not None:
@@ -68,7 +76,14 @@ class Session:
             if window is None and modality is None and pre.get("lo") is not None:
                 window = (pre["lo"], pre["hi"])
             axis = sig.get("axis") if axis is None else axis
-        self.embedder = embedder or Embedder(model, image, axis=axis, modality=modality, window=window, rgb=rgb)
+            tiling = sig.get("tiling")
+            if tiling is not None:
+                tile_shape, overlap, level = tiling["tile"], tiling["overlap"], tiling["level"]
+            elif tile_shape == "auto":
+                tile_shape = None
+        self.embedder = embedder or make_embedder(model, image, axis=axis, modality=modality, window=window, rgb=rgb,
+                                                  tile_shape=tile_shape, overlap=overlap, level=level)
+        self.tiled = isinstance(self.embedder, TiledEmbedder)
         self.shape = self.embedder.spatial
         self.axis = self.embedder.axis
         if embeddings is not None:
@@ -216,7 +231,12 @@ class Session:
         for k, m in planes.items():
             if m.any():
                 bits, extent = pack(m)
-                new = SliceState(logits=self.frame.mask_to_lowres(m, self.model.lowres_size), score=1.0, bits=bits, extent=extent)
+                if self.tiled:
+                    r0, r1, c0, c1 = extent
+                    logits = mask_to_tiles(self, m[r0:r1, c0:c1], (r0, c0))
+                else:
+                    logits = self.frame.mask_to_lowres(m, self.model.lowres_size)
+                new = SliceState(logits=logits, score=1.0, bits=bits, extent=extent)
             else:
                 new = EMPTY
             step[k] = (self._states.get(k, EMPTY), new)
@@ -294,9 +314,10 @@ class Session:
             label_id = int(self.labels.max(initial=0)) + 1
         labels = self._planes(self.labels)
         masks = self._planes(self._mask)
-        for k in filled:
-            m = masks[k]
-            target = labels[k]
+        for k, state in filled.items():
+            r0, r1, c0, c1 = state.extent  # only the object's box: a commit on a slide touches no more
+            m = masks[k, r0:r1, c0:c1]
+            target = labels[k, r0:r1, c0:c1]
             target[m if overwrite else (m & (target == 0))] = label_id
             m[:] = False
         self.objects.append({"id": label_id, "prompts": self.prompts(), "edited": self.editing is not None})
@@ -351,9 +372,12 @@ class Session:
         if k not in self._feature_cache:
             if not self.store.is_done(k):
                 fill(self.store, self.embedder, [k])
+            elif self.tiled and not self.store.hash_matches(k, self.embedder.slice_hash(k)):
+                raise CacheError(f"tile {k} of {self.store.path or 'the embedding store'} was made from other pixels; "
+                                 "use another cache path or overwrite=True")
             feats = torch.as_tensor(np.asarray(self.store.get(k), dtype=np.float32), device=self.model.device)[None]
             self._feature_cache[k] = feats
-            while len(self._feature_cache) > 4:
+            while len(self._feature_cache) > (16 if self.tiled else 4):
                 self._feature_cache.popitem(last=False)
         return self._feature_cache[k]
 
@@ -367,6 +391,8 @@ class Session:
         ``extra_points`` ((N, 2) (row, col), (N,) flags) and ``extra_box`` (r0, c0, r1, c1) are added to
         the state's own prompts without being stored in it (used by propagation).
         """
+        if self.tiled:
+            return decode_tiles(self, state)
         rc = [p.rc for p in state.points]
         flags = [int(p.positive) for p in state.points]
         for line, positive in state.scribbles:
@@ -391,7 +417,6 @@ class Session:
         """Make each slice's state ``after`` (step: {k: (before, after)}); paint the masks; report."""
         planes = self._planes(self._mask)
         rows, cols, ks, score = [], [], [], 1.0
-        plane_shape = planes.shape[1:]
         for k, (before, after) in step.items():
             if after.empty:
                 self._states.pop(k, None)
@@ -406,7 +431,8 @@ class Session:
                 r0, r1, c0, c1 = before.extent
                 planes[k, r0:r1, c0:c1] = False
             if after.bits is not None:
-                planes[k] = unpack(after.bits, plane_shape)
+                r0, r1, c0, c1 = after.extent
+                planes[k, r0:r1, c0:c1] = unpack(after.bits, after.extent)
             score = after.score
         if record and step:
             self._undo.append(step)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._state import EMPTY, SliceState, pack, unpack
+from ._state import EMPTY, SliceState, pack, plane_mask
 from .errors import PromptError
 
 
@@ -33,7 +33,7 @@ def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, mi
     """Carry slice ``start``'s state towards ``limit`` (inclusive); returns {slice: SliceState}."""
     plane = session._plane_shape()
     prev = session._states[start]
-    prev_mask = unpack(prev.bits, plane)
+    prev_mask = plane_mask(prev, plane)
     out = {}
     for j in range(start + step, limit + step, step):
         if j in stops:
@@ -43,7 +43,7 @@ def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, mi
         tick()
         if state.bits is None or state.score < min_score:
             break
-        mask = unpack(state.bits, plane)
+        mask = plane_mask(state, plane)
         overlap = (mask & prev_mask).sum() / max((mask | prev_mask).sum(), 1)
         if mask.sum() < min_area_ratio * prev_mask.sum() or overlap < stop_iou:
             break

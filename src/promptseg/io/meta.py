@@ -16,14 +16,14 @@ from promptseg.errors import ImageIOError
 
 #: Extensions :func:`promptseg.io.read_image` understands (matched case-insensitively).
 SUPPORTED_READ: tuple[str, ...] = (
-    ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr", ".ome.zarr", ".nii", ".nii.gz",
+    ".tif", ".tiff", ".svs", ".png", ".jpg", ".jpeg", ".zarr", ".ome.zarr", ".nii", ".nii.gz",
 )
 #: Extensions :func:`promptseg.io.write_labels` understands (matched case-insensitively).
 SUPPORTED_WRITE: tuple[str, ...] = (".tif", ".tiff", ".nii", ".nii.gz", ".zarr", ".ome.zarr")
 
 # Map from extension to the format name stored in ImageMeta.source_format.
 _FORMATS = {
-    ".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
+    ".tif": "tiff", ".tiff": "tiff", ".svs": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
     ".zarr": "zarr", ".ome.zarr": "zarr", ".nii": "nifti", ".nii.gz": "nifti",
 }
 

@@ -14,7 +14,7 @@ through a volume.
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
@@ -22,21 +22,37 @@ from napari.utils.notifications import show_error, show_info
 
 # import torch's stack (torchvision, torch._dynamo) now, in the main thread, not first in a worker thread
 from ..models import build as _build  # noqa: F401
-from ..embeddings import Embedder, fill, open_store
+from ..embeddings import fill, open_store
 from ..errors import PromptsegError
 from ..models import list_models, load_model
 from ..preprocess import spatial_shape
 from ..project import Project
 from ..session import Session
+from ..tiling import TiledEmbedder, make_embedder, tiles_in
 from ._layers import PromptLayers
 
 
-def _embed_job(model_args: dict, data, rgb: bool, cache, priority: list):
-    """Worker generator: load the model, open the cache, embed missing slices (requested ones first)."""
+def _fill_job(store, embedder, tiles: list):
+    """Worker generator: embed ``tiles`` of a tiled image (the region in view)."""
+    for t in tiles:
+        if not store.is_done(t):
+            fill(store, embedder, [t])
+        yield t
+
+
+def _embed_job(model_args: dict, data, rgb: bool, cache, priority: list, level=None):
+    """Worker generator: load the model, open the cache, embed missing slices (requested ones first).
+
+    A tiled image (a slide) is not embedded ahead: its tiles are embedded when a prompt or the view
+    needs them (see :meth:`AnnotatorWidget.prefetch_view`).
+    """
     model = model_args.pop("model", None) or load_model(**model_args)
-    embedder = Embedder(model, data, rgb=rgb)
+    embedder = make_embedder(model, data, rgb=rgb, level=level)
     store = open_store(embedder, cache)
     yield ("ready", model, embedder, store)
+    if isinstance(embedder, TiledEmbedder):
+        yield ("progress", 1, 1, 0)  # the one plane is ready: each prompt embeds the tiles it needs
+        return
     missing = set(store.missing())
     total = embedder.n_slices
     yield ("progress", total - len(missing), total, None)
@@ -71,6 +87,7 @@ class AnnotatorWidget(Container):
         self._model = ComboBox(label="model", choices=list_models(), value="default")
         self._checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt *.pth", value="")
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self._level = SpinBox(label="pyramid level", min=0, max=16, value=0)
         self._start = PushButton(text="Start")
         self._positive = CheckBox(text="positive prompts (T)", value=True)
         self._commit = PushButton(text="Commit (C)")
@@ -82,7 +99,8 @@ class AnnotatorWidget(Container):
         self._export_path = FileEdit(label="export to", mode="w", filter="*.tif *.nii.gz *.ome.zarr", value="")
         self._export = PushButton(text="Export labels")
         self._status = Label(value="choose an image and press Start")
-        self.extend([self._image, self._fix, self._model, self._checkpoint, self._device, self._start, self._positive,
+        self._prefetch = None  # worker embedding the tiles in view
+        self.extend([self._image, self._fix, self._model, self._checkpoint, self._device, self._level, self._start, self._positive,
                      self._commit, self._undo, self._redo, self._clear, self._propagate, self._edit, self._export_path, self._export,
                      self._status])
 
@@ -121,9 +139,12 @@ class AnnotatorWidget(Container):
         layer = self._image.value
         if layer is None:
             return show_error("promptseg: open an image first")
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = list(layer.data) if layer.multiscale else layer.data
+        level = int(self._level.value) if layer.multiscale else None
         try:
-            shape, rgb = spatial_shape(data, rgb=layer.rgb)
+            if level is not None and level >= len(data):
+                raise PromptsegError(f"pyramid level {level} does not exist: {layer.name!r} has levels 0..{len(data) - 1}")
+            shape, rgb = spatial_shape(data[0] if layer.multiscale else data, rgb=layer.rgb)
             if len(shape) == 3 and shape[-1] <= 4 < shape[0]:  # napari shows (y, x, c) as a stack of slices
                 raise PromptsegError(f"image {layer.name!r} of shape {shape} looks multichannel (its last axis has "
                                      f"{shape[-1]} entries); split the channels and annotate one")
@@ -156,16 +177,50 @@ class AnnotatorWidget(Container):
         # handlers given at creation: an errored handler given later would not stop the default re-raise
         handlers = {"yielded": lambda msg, key=key: self._on_worker(msg, key), "errored": self._on_worker_error,
                     "finished": self._close_progress}
-        self.worker = create_worker(_embed_job, args, data, rgb, self.project.embeddings_path(key[0]), self._priority,
+        cache = self.project.embeddings_path(key[0] if not level else f"{key[0]}-level{level}")
+        self.worker = create_worker(_embed_job, args, data, rgb, cache, self._priority, level,
                                     _connect=handlers, _start_thread=True)
 
     def _stop_worker(self, *_):
-        if self.worker is not None:
-            self.worker.quit()  # the generator stops at its next slice; finished slices stay cached
-            self.worker = None
+        for w in (self.worker, self._prefetch):
+            if w is not None:
+                w.quit()  # the generator stops at its next slice; finished slices stay cached
+        self.worker = self._prefetch = None
+
+    def _view_changed(self, event=None):
+        from qtpy.QtCore import QTimer
+
+        if not getattr(self, "_view_timer", None):
+            self._view_timer = QTimer()
+            self._view_timer.setSingleShot(True)
+            self._view_timer.timeout.connect(self.prefetch_view)
+        self._view_timer.start(400)  # after the user stops panning or zooming
+
+    def prefetch_view(self, max_tiles: int = 12):
+        """Embed, in a worker, the tiles of the region in view (when it is at most ``max_tiles`` tiles)."""
+        if self.session is None or not self.session.tiled or self._prefetch is not None:
+            return None
+        layer = self._image.value
+        corners = np.asarray(layer.corner_pixels, dtype=float)[:, :2]
+        if layer.multiscale:  # corner_pixels are in the pixels of the level on screen
+            corners = corners * self.layers.factors[layer.data_level]
+        (r0, c0), (r1, c1) = corners
+        tiles = [t for t in tiles_in(self.session.embedder, r0, r1, c0, c1) if not self.session.store.is_done(t)]
+        if not tiles or len(tiles) > max_tiles:
+            return None
+
+        def done(*_):
+            self._prefetch = None
+
+        self._prefetch = create_worker(_fill_job, self.session.store, self.session.embedder, tiles,
+                                       _connect={"finished": done, "errored": lambda e: (done(), self._on_worker_error(e))},
+                                       _start_thread=True)
+        return tiles
 
     def _teardown(self):
         self._stop_worker()
+        for ev in (self.viewer.camera.events.center, self.viewer.camera.events.zoom):
+            ev.disconnect(self._view_changed)
         if self.layers is not None:  # a restart: drop the previous layers (committed objects are saved)
             old = [self.layers.points, self.layers.shapes, self.layers.current]
             if self.layers.committed is not self._fix.value:
@@ -184,7 +239,10 @@ class AnnotatorWidget(Container):
             _, model, embedder, store = msg
             self._models[key] = model
             self.session = Session(model, embedder.image, embeddings=store, labels=self._start_labels, embedder=embedder)
-            self.layers.committed.data = self.session.labels
+            self.layers.set_labels(self.session.labels)
+            if self.session.tiled:
+                self.viewer.camera.events.center.connect(self._view_changed)
+                self.viewer.camera.events.zoom.connect(self._view_changed)
             return
         _, done, total, k = msg
         if k is None:
@@ -195,6 +253,8 @@ class AnnotatorWidget(Container):
         self._progress.n = done
         self._progress.refresh()
         self._status.value = f"embedded {done}/{total} slice(s)" + (" — ready" if done == total else "")
+        if self.session.tiled:
+            self._status.value = f"ready: {self.session.embedder.plan.n_tiles} tiles, embedded when needed"
         for j in sorted(self._pending & self.embedded):
             self._pending.discard(j)
             self._sync_slice(j)

@@ -15,11 +15,13 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from promptseg.io import ImageMeta, read_image, write_labels
+from promptseg.io import ImageMeta, pyramid_levels, read_image, read_pyramid, write_labels
 
 LayerData = tuple[Any, dict, str]
 #: Files and folders the reader opens (matched case-insensitively, longest first).
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".ome.zarr")
+#: Whole-slide / pyramidal TIFF files, opened as a lazy multiscale image.
+PYRAMID_SUFFIXES = (".svs", ".ome.tif", ".ome.tiff", ".tif", ".tiff")
 PROJECT_SUFFIX = ".promptseg"
 #: Display window of the CT sample: soft tissue, Hounsfield units.
 CT_WINDOW = (-160.0, 240.0)
@@ -36,7 +38,8 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
     Parameters
     ----------
     path : str or list of str
-        A NIfTI file (``.nii``, ``.nii.gz``), an OME-Zarr folder (``.ome.zarr``) or a promptseg
+        A NIfTI file (``.nii``, ``.nii.gz``), an OME-Zarr folder (``.ome.zarr``), a pyramidal TIFF
+        (``.svs``, or ``.tif``/``.tiff`` holding more than one resolution level) or a promptseg
         project folder (``.promptseg``). A list is accepted when it holds exactly one path.
 
     Returns
@@ -51,6 +54,9 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
     path = os.fspath(path)
     if _suffix(path, (PROJECT_SUFFIX,)):
         return read_project if (Path(path) / "project.json").is_file() else None
+    if _suffix(path, PYRAMID_SUFFIXES):
+        pyramid = Path(path).is_file() and (path.lower().endswith(".svs") or pyramid_levels(path) > 1)
+        return read_pyramid_layer if pyramid else None
     ext = _suffix(path, IMAGE_SUFFIXES)
     if ext is None:
         return None
@@ -88,6 +94,28 @@ def read_image_layer(path: str | list[str]) -> list[LayerData]:
         "metadata": {"promptseg_meta": meta, "promptseg_path": str(path)},
     }
     return [(data, kwargs, "image")]
+
+
+def read_pyramid_layer(path: str | list[str]) -> list[LayerData]:
+    """Read a pyramidal TIFF / SVS as one lazy multiscale image layer (levels read on demand).
+
+    Returns
+    -------
+    list of tuple
+        ``[(levels, kwargs, "image")]`` with ``kwargs["multiscale"] = True`` and the same ``name``,
+        ``scale``, ``rgb`` and ``metadata`` as :func:`read_image_layer`.
+    """
+    path = _unwrap(path)
+    levels, meta = read_pyramid(path)
+    name = Path(path).name.split(".")[0]
+    kwargs = {
+        "name": name,
+        "multiscale": True,
+        "scale": tuple(float(s) for s in meta.spacing),
+        "rgb": meta.rgb,
+        "metadata": {"promptseg_meta": meta, "promptseg_path": str(path)},
+    }
+    return [(levels, kwargs, "image")]
 
 
 def read_project(path: str | list[str]) -> list[LayerData]:
@@ -186,6 +214,16 @@ def sample_ihc() -> list[LayerData]:
 def sample_coins() -> list[LayerData]:
     """Greek coins, grey uint8 ``(303, 384)`` (a microscopy-like 2D image)."""
     return _sample("coins")
+
+
+def sample_slide() -> list[LayerData]:
+    """Synthetic H&E-like whole slide, RGB uint8 ``(20000, 20000, 3)``, 6 lazy pyramid levels."""
+    from promptseg.samples import load_sample
+
+    levels, meta = load_sample("slide")
+    kwargs = {"name": "slide", "rgb": True, "multiscale": True, "scale": tuple(float(v) for v in meta.spacing),
+              "metadata": {"promptseg_meta": meta, "promptseg_sample": "slide"}}
+    return [(levels, kwargs, "image")]
 
 
 def sample_large_2d() -> list[LayerData]:

@@ -8,6 +8,11 @@ coordinates (napari order):
 * ``prompt shapes`` (Shapes): rectangles are boxes, paths are squiggles (``positive`` feature too).
 * ``current object`` (Labels, uint8): the live mask, repainted only where a prediction changed it.
 * ``committed objects`` (Labels, int32): shares its array with ``Session.labels``.
+
+Over a multiscale image (a whole slide) both Labels layers are multiscale too: their levels are strided
+views of one full-resolution buffer (no copies), so napari reads only the visible part of one level,
+and a prediction writes its box into the buffer and refreshes. The OS allocates the buffers lazily, so
+a 20000 x 20000 slide costs memory only where objects are.
 """
 
 from __future__ import annotations
@@ -37,14 +42,18 @@ class PromptLayers:
         self.viewer = viewer
         self.ndim = len(shape)
         self.shape = tuple(shape)
+        # level k of a multiscale image is (about) full resolution / factor k along each axis
+        self.factors = [max(1, round(shape[-1] / lv.shape[self.ndim - 1])) for lv in image_layer.data] \
+            if image_layer.multiscale else None
         # the same world transform as the image: layer data coordinates are then image pixel coordinates
         kw = dict(scale=tuple(image_layer.scale[-self.ndim :]), translate=tuple(image_layer.translate[-self.ndim :]))
+        self.buffer = np.zeros(shape, np.uint8)  # the current object, full resolution
         self.current = viewer.add_labels(
-            np.zeros(shape, np.uint8), name="current object", opacity=0.55,
+            self._levels(self.buffer), name="current object", opacity=0.55,
             colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.8, 1.0, 1.0)}), **kw,
         )
         if committed is None:
-            committed = viewer.add_labels(labels, name="committed objects", opacity=0.45, **kw)
+            committed = viewer.add_labels(self._levels(labels), name="committed objects", opacity=0.45, **kw)
         else:
             committed.data = labels
         self.committed = committed
@@ -56,6 +65,18 @@ class PromptLayers:
         self.points.mode = "add"
         viewer.layers.selection.active = self.points
         self.set_positive(True)
+
+    @property
+    def multiscale(self) -> bool:
+        return self.factors is not None
+
+    def _levels(self, full: np.ndarray):
+        """The layer data for a full-resolution array: itself, or its strided views per image level."""
+        return full if self.factors is None else [full[tuple(slice(None, None, f) for _ in full.shape)] for f in self.factors]
+
+    def set_labels(self, labels: np.ndarray) -> None:
+        """Show ``labels`` (full resolution, int32) as the committed objects."""
+        self.committed.data = self._levels(labels)
 
     @property
     def all(self):
@@ -142,7 +163,11 @@ class PromptLayers:
         if any(s.stop is not None and s.start is not None and s.stop <= s.start for s in bbox):
             return
         new = mask[bbox].astype(np.uint8)
-        old = self.current.data[bbox]
+        old = self.buffer[bbox]
+        if self.multiscale:  # the levels are views of the buffer: write, then let napari re-read the view
+            old[...] = new
+            self.current.refresh()
+            return
         changed = np.nonzero(new != old)
         if not changed[0].size:
             return
