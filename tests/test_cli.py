@@ -118,3 +118,24 @@ def test_embed_a_folder_on_dask_threads(tmp_path, capsys):
     assert main(["embed", str(src), "-o", str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im0.zarr", "im1.zarr", "im2.zarr"]
     assert "3 image(s) embedded" in capsys.readouterr().out
+
+
+def test_embed_and_segment_a_pyramidal_slide(tmp_path, capsys):
+    from promptseg.slide import SyntheticSlide
+
+    slide = SyntheticSlide((1600, 1500), density=0, extra=[(800, 700, 90, 70, 0.3)])
+    full = slide.region(0, 1600, 0, 1500)[0]
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(full, subifds=1, tile=(256, 256), photometric="rgb")
+        tw.write(full[::2, ::2], subfiletype=1, tile=(256, 256), photometric="rgb")
+    assert main(["embed", str(path), "-o", str(tmp_path / "e.zarr"), "--level", "1", "--tile", "256"]) == 0
+    assert "16 tile(s) embedded" in capsys.readouterr().out
+    out = tmp_path / "mask.tif"
+    assert main(["segment", str(path), "--point", "800,700", "-o", str(out), "--level", "1", "--tile", "256",
+                 "--cache", str(tmp_path / "e.zarr")]) == 0
+    mask = tifffile.imread(out) > 0
+    truth = slide.labels(0, 1600, 0, 1500) > 0
+    assert mask.shape == (1600, 1500) and 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
+    assert main(["embed", str(path), "-o", str(tmp_path / "f.zarr"), "--level", "4"]) == 2
+    assert "level 4 does not exist" in capsys.readouterr().err

@@ -83,3 +83,20 @@ def test_local_cluster_of_two_workers_survives_a_killed_worker(images, tmp_path,
         assert time.time() - start < 240
     assert done[-1] == 10  # 1 + 9 tasks
     _same_as_local(paths, arrays, default_model, threads=1)
+
+
+def test_tiles_of_a_pyramidal_slide_on_dask(tmp_path, default_model):
+    from promptseg.slide import SyntheticSlide
+
+    full = SyntheticSlide((1400, 1300), seed=3).region(0, 1400, 0, 1300)[0]
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(full, subifds=1, tile=(256, 256), photometric="rgb")
+        tw.write(full[::2, ::2], subfiletype=1, tile=(256, 256), photometric="rgb")
+    (out,) = embed_many([path], tmp_path / "out", tile_shape=256, overlap=64, level=1, chunk=3)
+    store = ps.EmbeddingStore.open(out)
+    tiling = store.signature["tiling"]
+    assert tiling["level"] == 1 and tiling["tile"] == [256, 256] and store.n_slices == 16 and not store.missing()
+    local = ps.embed([full, full[::2, ::2]], default_model, tile_shape=256, overlap=64, level=1)
+    for t in range(store.n_slices):
+        assert np.array_equal(store.get(t), local.get(t)), t  # byte-identical to a local run

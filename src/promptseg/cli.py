@@ -42,9 +42,11 @@ def _load_image(spec: str):
         from .samples import load_sample
 
         return load_sample(spec.split(":", 1)[1])
-    from .io import read_image
+    from .io import pyramid_levels, read_image, read_pyramid
 
-    return read_image(spec)
+    if spec.lower().endswith((".tif", ".tiff", ".svs")) and Path(spec).is_file() and pyramid_levels(spec) > 1:
+        return read_pyramid(spec)  # a slide: every level, lazily
+    return read_image(spec, lazy=spec.lower().endswith((".tif", ".tiff", ".svs")))
 
 
 def _model(args):
@@ -133,7 +135,7 @@ def cmd_embed(args) -> int:
             paths = embed_many(inputs, args.output, model=args.model, checkpoint=args.checkpoint,
                                device="cpu" if args.device == "auto" else args.device, axis=args.axis,
                                modality=args.modality, window=args.window, batch_size=args.batch_size,
-                               scheduler=args.scheduler, progress=progress)
+                               scheduler=args.scheduler, progress=progress, **_tiling(args))
         finally:
             bar.close()
         print(f"{len(paths)} image(s) embedded into {args.output}")
@@ -143,10 +145,11 @@ def cmd_embed(args) -> int:
     bar, progress = _tqdm_progress("embedding")
     try:
         store = embed(image, model, axis=args.axis, cache=args.output, batch_size=args.batch_size, progress=progress,
-                      modality=args.modality, window=args.window, overwrite=args.overwrite)
+                      modality=args.modality, window=args.window, overwrite=args.overwrite, **_tiling(args))
     finally:
         bar.close()
-    print(f"{store.n_slices} slice(s) embedded with {model.name} in {args.output}")
+    what = "tile(s)" if "tiling" in store.signature else "slice(s)"
+    print(f"{store.n_slices} {what} embedded with {model.name} in {args.output}")
     return 0
 
 
@@ -181,11 +184,12 @@ def cmd_segment(args) -> int:
     if args.cache:
         bar, progress = _tqdm_progress("embedding")
         try:
-            store = embed(image, model, axis=args.axis, cache=args.cache, progress=progress, modality=args.modality, window=args.window)
+            store = embed(image, model, axis=args.axis, cache=args.cache, progress=progress, modality=args.modality,
+                          window=args.window, lazy=True, **_tiling(args))
         finally:
             bar.close()
     s = Session(model, image, embeddings=store, axis=args.axis, modality=args.modality if store is None else None,
-                window=args.window if store is None else None)
+                window=args.window if store is None else None, **(_tiling(args) if store is None else {}))
     pred = None
     if args.box:
         b = args.box
@@ -287,8 +291,17 @@ def _add_model_args(p):
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
 
 
+def _tiling(args) -> dict:
+    tile = "auto" if args.tile is None else (None if args.tile == 0 else args.tile)
+    return {"tile_shape": tile, "overlap": args.overlap, "level": args.level}
+
+
 def _add_image_args(p):
     p.add_argument("--axis", type=int, default=None, help="slicing axis of a 3D volume (default 0)")
+    p.add_argument("--tile", type=int, default=None, help="tile side in pixels for large 2D images and slides "
+                                                          "(default: automatic above 2 tiles; 0: never tile)")
+    p.add_argument("--overlap", type=int, default=None, help="pixels shared by neighbouring tiles (default tile/4)")
+    p.add_argument("--level", type=int, default=None, help="pyramid level of a slide to embed (0 = full resolution)")
     p.add_argument("--modality", choices=["ct", "mri", "microscopy", "pathology"],
                    help="intensity handling: ct uses the soft-tissue window -160,240 HU")
     p.add_argument("--window", type=_window, help="intensity window LO,HI mapped to 0..255 (overrides --modality)")

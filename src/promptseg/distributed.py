@@ -19,7 +19,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from .embeddings import Embedder, EmbeddingStore, fill, open_store
+from .embeddings import EmbeddingStore, fill, open_store
+from .tiling import make_embedder
 
 
 @functools.lru_cache(maxsize=4)
@@ -31,10 +32,12 @@ def _model(name: str, checkpoint: str | None, device: str):
 
 
 def _load(source):
-    """An image source: a file path (read lazily) or an in-memory array."""
+    """An image source: a file path (read lazily; a pyramidal TIFF as its list of levels) or an array."""
     if isinstance(source, (str, Path)):
-        from .io import read_image
+        from .io import pyramid_levels, read_image, read_pyramid
 
+        if str(source).lower().endswith((".tif", ".tiff", ".svs")) and pyramid_levels(source) > 1:
+            return read_pyramid(source)[0]
         return read_image(source, lazy=True)[0]
     return source
 
@@ -45,15 +48,18 @@ def embed_task(source, store_path: str, indices: list[int], model_key: tuple, ax
     store = EmbeddingStore.open(store_path)
     pre = store.signature["preprocessing"]
     window = None if pre["lo"] is None else (pre["lo"], pre["hi"])
-    embedder = Embedder(model, _load(source), axis=axis, window=window, rgb=pre["rgb"])
+    tiling = store.signature.get("tiling") or {}
+    embedder = make_embedder(model, _load(source), axis=axis, window=window, rgb=pre["rgb"],
+                             tile_shape=tiling.get("tile"), overlap=tiling.get("overlap"), level=tiling.get("level"))
     todo = [i for i in indices if not store.is_done(i)]
     fill(store, embedder, todo, batch_size=batch_size)
     return len(todo)
 
 
 def embed_many(sources, out_dir, *, model: str = "default", checkpoint=None, device: str = "cpu", axis=None,
-               modality=None, window=None, chunk: int = 8, batch_size: int | None = 1, scheduler=None, progress=None):
-    """Embed many images into ``out_dir/<name>.zarr`` stores with Dask.
+               modality=None, window=None, chunk: int = 8, batch_size: int | None = 1, scheduler=None, progress=None,
+               tile_shape="auto", overlap=None, level=None):
+    """Embed many images (or the tiles of slides) into ``out_dir/<name>.zarr`` stores with Dask.
 
     Parameters
     ----------
@@ -61,11 +67,12 @@ def embed_many(sources, out_dir, *, model: str = "default", checkpoint=None, dev
     out_dir : folder for the stores.
     model, checkpoint, device : what each worker loads (once per process).
     axis, modality, window : as for :func:`promptseg.embed` (the same for every image).
-    chunk : slices per task (a volume is split across workers in chunks of this many slices).
+    chunk : slices (or tiles) per task: a volume or a slide is split across workers in chunks of this many.
     batch_size : slices per encoder call inside a task.
     scheduler : None (local threads), "threads", "processes", "synchronous", a ``dask.distributed``
         address such as ``"tcp://10.0.0.1:8786"``, or a ``Client``.
     progress : called as ``progress(done_tasks, total_tasks)``.
+    tile_shape, overlap, level : tiling of large 2D images and slides, as for :func:`promptseg.embed`.
 
     Returns
     -------
@@ -85,7 +92,9 @@ def embed_many(sources, out_dir, *, model: str = "default", checkpoint=None, dev
 
             raise PromptsegError(f"two images would share the store {name}.zarr; rename one of them")
         names.add(name)
-        store = open_store(Embedder(local, image, axis=axis, modality=modality, window=window), out_dir / f"{name}.zarr")
+        embedder = make_embedder(local, image, axis=axis, modality=modality, window=window, tile_shape=tile_shape,
+                                 overlap=overlap, level=level)
+        store = open_store(embedder, out_dir / f"{name}.zarr")
         paths.append(store.path)
         missing = store.missing()
         payload = src if isinstance(src, (str, Path)) else image

@@ -54,11 +54,14 @@ class SyntheticSlide:
         shade = np.zeros(labels.shape, np.float32)
         for i in near:
             cy, cx, ry, rx, a = o[i]
-            dy, dx = rows - cy, cols - cx
+            # only the rows and columns the object can reach
+            a0, a1 = np.searchsorted(rows[:, 0], [cy - reach[i] - 1, cy + reach[i] + 1])
+            b0, b1 = np.searchsorted(cols[0], [cx - reach[i] - 1, cx + reach[i] + 1])
+            dy, dx = rows[a0:a1] - cy, cols[:, b0:b1] - cx
             d = np.sqrt(((np.cos(a) * dy + np.sin(a) * dx) / ry) ** 2 + ((-np.sin(a) * dy + np.cos(a) * dx) / rx) ** 2)
-            inside = d < 1.0
-            labels[inside] = i + 1
-            shade = np.maximum(shade, np.clip((1.0 - d) * ry / 3.0, 0.0, 1.0))  # a ~3 px soft rim
+            labels[a0:a1, b0:b1][d < 1.0] = i + 1
+            sub = shade[a0:a1, b0:b1]
+            np.maximum(sub, np.clip((1.0 - d) * ry / 3.0, 0.0, 1.0), out=sub)  # a ~3 px soft rim
         # deterministic per-pixel noise and a slow stain variation, both functions of the coordinates
         ri, ci = rows.astype(np.int64), cols.astype(np.int64)
         noise = (((ri * 73856093) ^ (ci * 19349663)) % 31 - 15).astype(np.float32)

@@ -187,6 +187,10 @@ class AnnotatorWidget(Container):
                 w.quit()  # the generator stops at its next slice; finished slices stay cached
         self.worker = self._prefetch = None
 
+    def _camera(self):
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9 moved the camera there
+        return scene.camera if scene is not None and hasattr(scene, "camera") else self.viewer.camera
+
     def _view_changed(self, event=None):
         from qtpy.QtCore import QTimer
 
@@ -196,15 +200,22 @@ class AnnotatorWidget(Container):
             self._view_timer.timeout.connect(self.prefetch_view)
         self._view_timer.start(400)  # after the user stops panning or zooming
 
-    def prefetch_view(self, max_tiles: int = 12):
-        """Embed, in a worker, the tiles of the region in view (when it is at most ``max_tiles`` tiles)."""
-        if self.session is None or not self.session.tiled or self._prefetch is not None:
+    def prefetch_view(self):
+        """Embed, in a worker, the tiles of the region in view (see :meth:`prefetch_region`)."""
+        if self.session is None or not self.session.tiled:
             return None
         layer = self._image.value
         corners = np.asarray(layer.corner_pixels, dtype=float)[:, :2]
         if layer.multiscale:  # corner_pixels are in the pixels of the level on screen
             corners = corners * self.layers.factors[layer.data_level]
         (r0, c0), (r1, c1) = corners
+        return self.prefetch_region(r0, r1, c0, c1)
+
+    def prefetch_region(self, r0, r1, c0, c1, max_tiles: int = 12):
+        """Embed, in a worker, the tiles of rows r0..r1, cols c0..c1 (full-resolution pixels) that are not
+        embedded yet, when they are at most ``max_tiles``; returns them (None when nothing starts)."""
+        if self.session is None or not self.session.tiled or self._prefetch is not None:
+            return None
         tiles = [t for t in tiles_in(self.session.embedder, r0, r1, c0, c1) if not self.session.store.is_done(t)]
         if not tiles or len(tiles) > max_tiles:
             return None
@@ -219,7 +230,8 @@ class AnnotatorWidget(Container):
 
     def _teardown(self):
         self._stop_worker()
-        for ev in (self.viewer.camera.events.center, self.viewer.camera.events.zoom):
+        camera = self._camera()
+        for ev in (camera.events.center, camera.events.zoom):
             ev.disconnect(self._view_changed)
         if self.layers is not None:  # a restart: drop the previous layers (committed objects are saved)
             old = [self.layers.points, self.layers.shapes, self.layers.current]
@@ -241,8 +253,8 @@ class AnnotatorWidget(Container):
             self.session = Session(model, embedder.image, embeddings=store, labels=self._start_labels, embedder=embedder)
             self.layers.set_labels(self.session.labels)
             if self.session.tiled:
-                self.viewer.camera.events.center.connect(self._view_changed)
-                self.viewer.camera.events.zoom.connect(self._view_changed)
+                self._camera().events.center.connect(self._view_changed)
+                self._camera().events.zoom.connect(self._view_changed)
             return
         _, done, total, k = msg
         if k is None:
