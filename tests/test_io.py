@@ -306,3 +306,30 @@ def test_supported_extensions():
     assert {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr", ".ome.zarr", ".nii",
             ".nii.gz"} <= set(SUPPORTED_READ)
     assert {".tif", ".tiff", ".nii", ".nii.gz", ".zarr", ".ome.zarr"} <= set(SUPPORTED_WRITE)
+
+
+def test_read_pyramid_levels_lazily(tmp_path):
+    from promptseg.io import pyramid_levels, read_pyramid
+
+    rng = np.random.default_rng(0)
+    full = rng.integers(0, 255, (1000, 900, 3), dtype=np.uint8)
+    path = tmp_path / "p.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(full, subifds=2, tile=(128, 128), photometric="rgb", resolution=(2.0, 2.0), resolutionunit="MICROMETER")
+        tw.write(full[::2, ::2], subfiletype=1, tile=(128, 128), photometric="rgb")
+        tw.write(full[::4, ::4], subfiletype=1, tile=(128, 128), photometric="rgb")
+    assert pyramid_levels(path) == 3
+    levels, meta = read_pyramid(path)
+    assert [lv.shape for lv in levels] == [(1000, 900, 3), (500, 450, 3), (250, 225, 3)]
+    assert not isinstance(levels[0], np.ndarray)  # lazy: read where indexed
+    np.testing.assert_array_equal(np.asarray(levels[1][10:60, 20:90]), full[::2, ::2][10:60, 20:90])
+    assert meta.axes == "yxc" and meta.extra["levels"][2] == (250, 225, 3)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, full[:, :, 0])
+    assert pyramid_levels(plain) == 1 and len(read_pyramid(plain)[0]) == 1
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, rng.integers(0, 255, (5, 32, 32), dtype=np.uint8), photometric="minisblack")
+    with pytest.raises(ImageIOError, match="2D or RGB"):
+        read_pyramid(stack)
+    with pytest.raises(ImageIOError, match="no such file"):
+        read_pyramid(tmp_path / "missing.svs")

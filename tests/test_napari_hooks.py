@@ -21,7 +21,8 @@ from promptseg.project import Project  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "napari.yaml"
 SAMPLES = {"ct_lesions": ((48, 192, 192), (2.5, 0.8, 0.8)), "ihc": ((512, 512, 3), (1.0, 1.0)),
-           "coins": ((303, 384), (1.0, 1.0)), "large_2d": ((4096, 4096), (0.325, 0.325))}
+           "coins": ((303, 384), (1.0, 1.0)), "large_2d": ((4096, 4096), (0.325, 0.325)),
+           "slide": ((20000, 20000, 3), (0.5, 0.5))}
 
 
 @pytest.fixture
@@ -136,8 +137,9 @@ def test_samples(make_napari_viewer, name):
     assert len(layers) == 1
     layer = layers[0]
     assert layer._type_string == "image" and layer.name == name
-    assert layer.data.shape == shape
-    assert layer.rgb == (name == "ihc")
+    assert layer.multiscale == (name == "slide")
+    assert (layer.data[0] if layer.multiscale else layer.data).shape == shape
+    assert layer.rgb == (name in ("ihc", "slide"))
     np.testing.assert_allclose(layer.scale, spacing)
     assert layer.metadata["promptseg_sample"] == name
     assert layer.metadata["promptseg_meta"].spacing == spacing

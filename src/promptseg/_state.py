@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .prompts import Box
+from .prompts import Box, scribble_to_points
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,30 @@ class SliceState:
 
 
 EMPTY = SliceState()
+
+
+def prompts_json(states: dict) -> dict:
+    """{slice: SliceState} -> the prompts per slice as JSON types: {slice: {"points", "box", "scribbles"}}."""
+    out = {}
+    for k, s in sorted(states.items()):
+        if s.has_prompts:
+            out[int(k)] = {
+                "points": [[*p.rc, int(p.positive)] for p in s.points],
+                "box": None if s.box is None else [s.box.r0, s.box.c0, s.box.r1, s.box.c1],
+                "scribbles": [[[list(rc) for rc in line], int(f)] for line, f in s.scribbles],
+            }
+    return out
+
+
+def points_of(state: SliceState) -> tuple[np.ndarray, np.ndarray]:
+    """The clicks of a state plus well-spread points along its squiggles: ((N, 2) (row, col), (N,) bool)."""
+    rc = [p.rc for p in state.points]
+    flags = [p.positive for p in state.points]
+    for line, positive in state.scribbles:
+        spread = scribble_to_points(np.asarray(line))
+        rc += [tuple(v) for v in spread]
+        flags += [positive] * len(spread)
+    return np.asarray(rc, dtype=float).reshape(-1, 2), np.asarray(flags, dtype=bool)
 
 
 def insert_axis(box2: tuple, axis: int, item) -> tuple:

@@ -16,9 +16,9 @@ import numpy as np
 
 from .embeddings import Embedder, EmbeddingStore, fill, open_store
 from .errors import CacheError, ImageError, PromptError
-from ._state import EMPTY, SliceState, insert_axis, pack, unpack
+from ._state import EMPTY, SliceState, insert_axis, pack, points_of, prompts_json, unpack
 from .tiling import TiledEmbedder, decode_tiles, make_embedder, mask_to_tiles
-from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice, scribble_to_points
+from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice
 
 
 @dataclass(frozen=True)
@@ -137,11 +137,8 @@ class Session:
         filled = {k: s.extent for k, s in self._states.items() if s.extent is not None}
         if not filled:
             return None
-        r0 = min(e[0] for e in filled.values())
-        r1 = max(e[1] for e in filled.values())
-        c0 = min(e[2] for e in filled.values())
-        c1 = max(e[3] for e in filled.values())
-        box2 = (slice(r0, r1), slice(c0, c1))
+        box2 = (slice(min(e[0] for e in filled.values()), max(e[1] for e in filled.values())),
+                slice(min(e[2] for e in filled.values()), max(e[3] for e in filled.values())))
         return box2 if self.ndim == 2 else insert_axis(box2, self.axis, slice(min(filled), max(filled) + 1))
 
     def add_point(self, coords, positive: bool = True) -> Prediction:
@@ -329,15 +326,7 @@ class Session:
 
     def prompts(self) -> dict:
         """The current object's prompts per slice, JSON-able: {slice: {"points": [...], "box": ...}}."""
-        out = {}
-        for k, s in sorted(self._states.items()):
-            if s.has_prompts:
-                out[int(k)] = {
-                    "points": [[*p.rc, int(p.positive)] for p in s.points],
-                    "box": None if s.box is None else [s.box.r0, s.box.c0, s.box.r1, s.box.c1],
-                    "scribbles": [[[list(rc) for rc in line], int(f)] for line, f in s.scribbles],
-                }
-        return out
+        return prompts_json(self._states)
 
     # -- internals --------------------------------------------------------------------------
     def _plane_shape(self) -> tuple[int, int]:
@@ -393,17 +382,12 @@ class Session:
         """
         if self.tiled:
             return decode_tiles(self, state)
-        rc = [p.rc for p in state.points]
-        flags = [int(p.positive) for p in state.points]
-        for line, positive in state.scribbles:
-            spread = scribble_to_points(np.asarray(line))
-            rc += [tuple(v) for v in spread]
-            flags += [int(positive)] * len(spread)
+        rc, flags = points_of(state)
         if extra_points is not None:
-            rc += [tuple(v) for v in extra_points[0]]
-            flags += [int(f) for f in extra_points[1]]
-        xy = self.frame.to_input_xy(rc) if rc else None
-        labels = np.array(flags) if rc else None
+            rc = np.concatenate([rc, np.asarray(extra_points[0], float).reshape(-1, 2)])
+            flags = np.concatenate([flags, np.asarray(extra_points[1], bool)])
+        xy = self.frame.to_input_xy(rc) if len(rc) else None
+        labels = flags.astype(int) if len(rc) else None
         b = state.box if state.box is not None else (Box(*extra_box) if extra_box is not None else None)
         box = None if b is None else self.frame.box_to_input(b.r0, b.c0, b.r1, b.c1)
         multimask = len(rc) == 1 and not state.scribbles and box is None and state.logits is None

@@ -251,17 +251,10 @@ def decode_tiles(session, state, max_tiles: int = MAX_TILES):
     """
     from dataclasses import replace
 
-    from ._state import pack
-    from .prompts import scribble_to_points
+    from ._state import pack, points_of
 
     emb = session.embedder
-    rc = [p.rc for p in state.points]
-    flags = [p.positive for p in state.points]
-    for line, positive in state.scribbles:
-        spread = scribble_to_points(np.asarray(line))
-        rc += [tuple(v) for v in spread]
-        flags += [positive] * len(spread)
-    pts, flags = np.asarray(rc, dtype=float).reshape(-1, 2), np.asarray(flags, dtype=bool)
+    pts, flags = points_of(state)
     prev = dict(state.logits or {})
     active = set(prev)
     for r, c in pts:
