@@ -333,3 +333,20 @@ def test_read_pyramid_levels_lazily(tmp_path):
         read_pyramid(stack)
     with pytest.raises(ImageIOError, match="no such file"):
         read_pyramid(tmp_path / "missing.svs")
+
+
+def test_read_an_aperio_svs_pyramid(tmp_path):
+    from promptseg.io import read_pyramid
+
+    full = np.random.default_rng(1).integers(0, 255, (1000, 900, 3), dtype=np.uint8)
+    head = "Aperio Image Library v12.0.15\r\n"
+    path = tmp_path / "slide.svs"
+    with tifffile.TiffWriter(path) as tw:  # baseline, thumbnail, then the reduced levels, as Aperio writes them
+        kw = dict(photometric="rgb", metadata=None)
+        tw.write(full, tile=(256, 256), description=head + "900x1000 (256x256)|AppMag = 20|MPP = 0.4990", **kw)
+        tw.write(full[::8, ::8], description=head + "thumbnail", **kw)
+        tw.write(full[::4, ::4], tile=(256, 256), description=head + "level", **kw)
+    levels, meta = read_pyramid(path)
+    assert [lv.shape for lv in levels] == [(1000, 900, 3), (250, 225, 3)]
+    assert meta.spacing == (0.499, 0.499) and meta.unit == "micrometer"
+    np.testing.assert_array_equal(np.asarray(levels[1][5:50, 7:70]), full[::4, ::4][5:50, 7:70])

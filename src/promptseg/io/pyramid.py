@@ -74,6 +74,11 @@ def _tiff_levels(path: Path) -> tuple[list[Any], ImageMeta]:
         axes, shape = series.get_axes(True), series.get_shape(True)
         order, out_axes = _napari_layout(path, axes, shape)
         spacing, unit = _tiff_spacing(tif, series, out_axes.count("z") + 2)
+        if tif.is_svs:  # Aperio keeps the pixel size in its description: "...|MPP = 0.499|..." micrometres
+            fields = dict(f.split("=", 1) for f in tif.pages.first.description.split("|") if "=" in f)
+            mpp = {k.strip(): v.strip() for k, v in fields.items()}.get("MPP")
+            if mpp:
+                spacing, unit = (float(mpp), float(mpp)), "micrometer"
         n = len(series.levels)
     levels = []
     for k in range(n):
