@@ -139,3 +139,18 @@ def test_embed_and_segment_a_pyramidal_slide(tmp_path, capsys):
     assert mask.shape == (1600, 1500) and 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
     assert main(["embed", str(path), "-o", str(tmp_path / "f.zarr"), "--level", "4"]) == 2
     assert "level 4 does not exist" in capsys.readouterr().err
+
+
+def test_bench_prints_ratios_against_segment_anything(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--arch", "tiny", "--images", "1", "--clicks", "3", "--size", "256", "--no-micro-sam",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "encoder ms / image" in text and "decoder ms / click" in text and "ratio" in text
+    info = json.loads(out.read_text())
+    (enc, dec) = info["rows"][:2]
+    assert float(enc[4].split()[-1]) > 0.999  # embeddings agree with SamPredictor's
+    assert float(dec[4].split()[-1]) > 0.999  # and so do the masks
+    assert all(v > 0 for v in enc[1:4] + dec[1:4])

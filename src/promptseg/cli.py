@@ -1,4 +1,4 @@
-"""The ``promptseg`` command: models, embed, segment.
+"""The ``promptseg`` command: models, embed, segment, evaluate, train, bench, annotate.
 
 Errors a user can cause print one line (``promptseg: error: ...``) and exit with status 2.
 """
@@ -347,6 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_args(p)
     p.set_defaults(func=cmd_segment)
 
+    p = sub.add_parser("bench", help="time the encoder and decoder against segment-anything (and micro-sam)",
+                       description="Run promptseg's encoder (embed) and decoder (Session.add_point) side by side with "
+                                   "segment-anything's SamPredictor (and micro-sam when it is installed) on the same "
+                                   "random weights, in one process, and print the times and their ratios.")
+    p.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"], help="SAM size (default vit_b)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"], help="promptseg's encoder")
+    p.add_argument("--images", type=int, default=2, help="images for the encoder timing (default 2)")
+    p.add_argument("--clicks", type=int, default=30, help="clicks for the decoder timing (default 30)")
+    p.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
+    p.add_argument("--no-micro-sam", action="store_true", help="skip micro-sam even when it is installed")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("evaluate", help="simulate an annotator and report Dice, NoC, HD95",
                        description="Simulated-annotator protocol: a start prompt (click, box or squiggle) then correction "
                                    "clicks at the centre of the larger error region, with the previous logits fed back. "
@@ -378,6 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_annotate)
     return parser
+
+
+def cmd_bench(args) -> int:
+    import json
+
+    from .bench import run, table
+
+    info = run(args.arch, device=args.device, precision=args.precision, images=args.images, clicks=args.clicks,
+               size=args.size, micro_sam=not args.no_micro_sam, progress=lambda m: print(m, file=sys.stderr))
+    print(table(info))
+    if args.json:
+        Path(args.json).write_text(json.dumps(info, indent=1))
+    return 0
 
 
 def main(argv=None) -> int:

@@ -97,6 +97,7 @@ class Embedder:
             "model_name": spec.name,
             "preprocessing": {**self.intensity.as_dict(), "resize": spec.resize, "input_size": self.model.input_size},
             "precision": "float16",
+            "compute": self.model.precision,
         }
 
     def slice_hash(self, i: int) -> bytes | None:
@@ -204,8 +205,9 @@ class EmbeddingStore:
             ("model", f"another model ({mine.get('model_name')})"),
             ("preprocessing", "another preprocessing (intensity window or resize)"),
             ("precision", "another precision"),
+            ("compute", "another compute precision (float32 / bfloat16)"),
         ):
-            if mine.get(key) != signature.get(key):
+            if mine.get(key, "float32" if key == "compute" else None) != signature.get(key):
                 raise CacheError(f"{where} was made for {what}; use another cache path or overwrite=True")
 
     def is_done(self, i: int) -> bool:

@@ -7,7 +7,7 @@ import os
 from ..errors import CheckpointError, ModelError
 from .registry import ModelSpec, get_spec, list_models, register_model, unregister_model
 
-__all__ = ["ModelSpec", "PromptModel", "get_spec", "list_models", "load_model", "register_model", "unregister_model", "resolve_device"]
+__all__ = ["ModelSpec", "PromptModel", "get_spec", "list_models", "load_model", "register_model", "unregister_model", "resolve_device", "resolve_precision"]
 
 
 def __getattr__(name):  # PromptModel needs torch: import it only when asked for
@@ -41,11 +41,35 @@ def resolve_device(device: str | None = "auto"):
     return dev
 
 
+def resolve_precision(dev, precision: str | None = "auto") -> str:
+    """``"auto"`` -> bfloat16 on a CUDA GPU that supports it, else float32; an explicit bfloat16 must be
+    supported by the device (CUDA with bf16, or a CPU with AVX512-BF16 / AMX)."""
+    import torch
+
+    if precision in (None, "auto"):
+        return "bfloat16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if precision in ("float32", "fp32"):
+        return "float32"
+    if precision not in ("bfloat16", "bf16"):
+        raise ModelError(f"unknown precision {precision!r} (use auto, float32 or bfloat16)")
+    if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ModelError(f"precision 'bfloat16' asked for, but {torch.cuda.get_device_name(dev)} does not support it; "
+                         "use precision='float32' or 'auto'")
+    if dev.type == "cpu" and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        raise ModelError("precision 'bfloat16' asked for, but this CPU has no bf16 arithmetic (AVX512-BF16 or AMX) "
+                         "and would be slower; use precision='float32' or 'auto'")
+    if dev.type == "mps":
+        raise ModelError("precision 'bfloat16' is not supported on MPS here; use precision='float32' or 'auto'")
+    return "bfloat16"
+
+
 def load_model(
     name: str = "default",
     checkpoint: str | os.PathLike | None = None,
     device: str = "auto",
     *,
+    precision: str = "auto",
+    fast: bool = True,
     allow_download: bool = True,
 ):
     """Build a registered model and load its weights.
@@ -57,6 +81,11 @@ def load_model(
     checkpoint : a local file; wins over the shipped file, the cache and the download. Official
         Segment Anything ``.pth`` files load unchanged.
     device : ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    precision : encoder arithmetic: ``"auto"`` (bfloat16 on a CUDA GPU that has it, else float32),
+        ``"float32"``, or ``"bfloat16"`` (also on CPUs with AVX512-BF16/AMX). Embeddings computed in
+        another precision are a different cache (the store's signature says which).
+    fast : the fused attention and decoder paths of :mod:`promptseg.models.fast` (same weights and
+        math; ``False`` runs segment-anything's modules as they are).
     allow_download : fetch a missing official file from its URL (hash-checked) into the cache folder.
 
     Returns
@@ -66,7 +95,7 @@ def load_model(
     Raises
     ------
     UnknownModelError, CheckpointError (missing, truncated, wrong architecture), HashMismatchError,
-    DownloadError, ModelError (device not available).
+    DownloadError, ModelError (device not available, bf16 not supported there).
     """
     from .build import build_sam, guess_arch
     from .checkpoints import read_state_dict, resolve_checkpoint
@@ -74,6 +103,7 @@ def load_model(
 
     spec = get_spec(name)
     dev = resolve_device(device)
+    precision = resolve_precision(dev, precision)
     path = resolve_checkpoint(spec, checkpoint, allow_download=allow_download)
     state = read_state_dict(path)
     sam = build_sam(spec.arch, image_size=spec.input_size, pixel_mean=spec.pixel_mean, pixel_std=spec.pixel_std, **spec.arch_kwargs)
@@ -88,4 +118,4 @@ def load_model(
                   f"{(missing + unexpected + wrong)[0]}")
         raise CheckpointError(f"{path} does not fit model {spec.name} (architecture {spec.arch}){hint}: {detail}")
     sam.load_state_dict(state)
-    return PromptModel(sam=sam.to(dev).eval(), spec=spec, device=dev, checkpoint=path)
+    return PromptModel(sam=sam.to(dev).eval(), spec=spec, device=dev, checkpoint=path, precision=precision, fast=fast)

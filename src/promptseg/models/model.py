@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
+from .fast import FastDecoder, fast_attention
 from .registry import ModelSpec
 
 
@@ -34,7 +36,11 @@ class PromptModel:
     spec: ModelSpec
     device: torch.device
     checkpoint: Path | None = None
+    precision: str = "float32"  # of the encoder's arithmetic ("bfloat16": autocast); embeddings are stored fp16
+    fast: bool = True  # fused attention in the encoder and promptseg's decoder path (models/fast.py)
     _fingerprint: str | None = field(default=None, repr=False)
+    _decoder: tuple | None = field(default=None, repr=False)
+    _fused: bool = field(default=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -79,7 +85,11 @@ class PromptModel:
             self.sam.preprocess(torch.as_tensor(im, device=self.device).permute(2, 0, 1).float()[None])
             for im in images
         ]
-        return self.sam.image_encoder(torch.cat(batch))
+        if self.fast != self._fused:
+            fast_attention(self.sam.image_encoder, self.fast)
+            self._fused = self.fast
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            return self.sam.image_encoder(torch.cat(batch)).float()
 
     @torch.inference_mode()
     def decode(
@@ -116,6 +126,9 @@ class PromptModel:
         box = None if box_xyxy is None else torch.as_tensor(box_xyxy, dtype=torch.float, device=dev)[None]
         mask = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float, device=dev)[None]
         pe = self.sam.prompt_encoder
+        if self.fast:
+            low, iou = self._fast_decoder()(features, points, box, mask, multimask)
+            return low[0].float().cpu().numpy(), iou[0].float().cpu().numpy()
         sparse, dense = pe(points=points, boxes=box, masks=mask)
         low, iou = self.sam.mask_decoder(
             image_embeddings=features,
@@ -126,6 +139,15 @@ class PromptModel:
         )
         return low[0].float().cpu().numpy(), iou[0].float().cpu().numpy()
 
+    def _fast_decoder(self) -> FastDecoder:
+        """The fast decoder, rebuilt when the decoder's weights changed in place (e.g. by training)."""
+        key = tuple(p._version for p in self.sam.prompt_encoder.parameters()) + tuple(
+            p._version for p in self.sam.mask_decoder.parameters()) + tuple(
+            b._version for b in self.sam.prompt_encoder.buffers())
+        if self._decoder is None or self._decoder[0] != key:
+            self._decoder = (key, FastDecoder(self.sam))
+        return self._decoder[1]
+
     @torch.inference_mode()
     def upscale(self, logits: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int]) -> np.ndarray:
         """Low-resolution logits (L, L) -> full-resolution logits (H, W) float32.
@@ -134,5 +156,8 @@ class PromptModel:
         steps and interpolation as ``Sam.postprocess_masks``.
         """
         t = torch.as_tensor(logits, dtype=torch.float, device=self.device)[None, None]
-        out = self.sam.postprocess_masks(t, tuple(input_hw), tuple(original_hw))
+        size = self.sam.image_encoder.img_size
+        out = F.interpolate(t, (size, size), mode="bilinear", align_corners=False)[..., : input_hw[0], : input_hw[1]]
+        if tuple(input_hw) != tuple(original_hw):  # (the same size: that step is an exact copy, skip it)
+            out = F.interpolate(out, tuple(original_hw), mode="bilinear", align_corners=False)
         return out[0, 0].cpu().numpy()

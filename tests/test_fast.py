@@ -1,0 +1,110 @@
+"""Fast paths (promptseg.models.fast): the same results as segment-anything's modules, precision choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import promptseg as ps
+from promptseg.errors import ModelError
+from promptseg.models import resolve_precision
+from promptseg.models.build import build_sam
+from promptseg.models.fast import FastDecoder, fast_attention
+
+
+def reference_decode(sam, feats, points, box, mask, multimask):
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=points, boxes=box, masks=mask)
+        return sam.mask_decoder(image_embeddings=feats, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+
+
+@pytest.mark.parametrize("arch", ["tiny", "cnn_small"])
+def test_fast_decoder_matches_segment_anything(arch):
+    torch.manual_seed(0)
+    sam = build_sam(arch, image_size=256 if arch == "cnn_small" else 1024).eval()
+    g = sam.prompt_encoder.image_embedding_size[0]
+    feats = torch.randn(1, sam.prompt_encoder.embed_dim, g, g)
+    fast = FastDecoder(sam)
+    point = (torch.tensor([[[100.0, 80.0]]]), torch.tensor([[1]]))
+    points = (torch.tensor([[[100.0, 80.0], [30.0, 40.0], [60.0, 200.0]]]), torch.tensor([[1, 0, 1]]))
+    box = torch.tensor([[20.0, 30.0, 180.0, 150.0]])
+    mask = torch.randn(1, 1, 4 * g, 4 * g) * 3
+    for args in [(point, None, None, True), (points, None, None, False), (None, box, None, False),
+                 (points, box, mask, False), (None, None, mask, False), (point, None, mask, True)]:
+        want_low, want_iou = reference_decode(sam, feats, *args)
+        with torch.inference_mode():
+            low, iou = fast(feats, *args)
+        assert low.shape == want_low.shape and iou.shape == want_iou.shape
+        torch.testing.assert_close(low, want_low, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(iou, want_iou, atol=2e-5, rtol=1e-4)
+
+
+def test_fast_decoder_follows_weights_changed_in_place(small_sam):
+    model, _ = small_sam
+    feats = torch.randn(1, 256, 64, 64)
+    xy, lab = np.array([[300.0, 200.0]]), np.array([1])
+    model.decode(feats, xy, lab, None, None, False)  # builds the fast decoder and its caches
+    layer = model.sam.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    saved = layer.k_proj.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            layer.k_proj.weight.mul_(1.5)  # as an optimiser step does
+        low, _ = model.decode(feats, xy, lab, None, None, False)
+        pts = (torch.tensor(xy, dtype=torch.float)[None], torch.tensor(lab)[None])
+        want, _ = reference_decode(model.sam, feats, pts, None, None, False)
+        np.testing.assert_allclose(low, want[0].numpy(), atol=2e-4)
+    finally:
+        with torch.no_grad():
+            layer.k_proj.weight.copy_(saved)
+
+
+def test_fused_vit_attention_matches_and_switches_back():
+    torch.manual_seed(1)
+    enc = build_sam("tiny", image_size=256, global_attn_indexes=(1,)).image_encoder.eval()  # windowed + global
+    x = torch.randn(2, 3, 256, 256)
+    with torch.inference_mode():
+        want = enc(x)
+        assert fast_attention(enc) == 2
+        got = enc(x)
+        cos = torch.nn.functional.cosine_similarity(want.flatten(), got.flatten(), dim=0)
+        assert cos > 0.99999 and (want - got).abs().max() < 1e-3
+        fast_attention(enc, enable=False)
+        torch.testing.assert_close(enc(x), want)
+
+
+def test_fast_and_reference_sessions_agree(small_sam, rgb_image):
+    model, path = small_sam
+    slow = ps.load_model("test_small", checkpoint=path, device="cpu", fast=False)
+    masks = []
+    for m in (model, slow):
+        s = ps.Session(m, rgb_image)
+        s.add_point((150, 200))
+        s.add_point((80, 400), positive=False)
+        masks.append(np.asarray(s.add_box((100, 140), (210, 270)).mask).copy())
+    assert (masks[0] == masks[1]).mean() > 0.999
+
+
+def test_precision_choices(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "auto") == "float32" and resolve_precision(cpu, "fp32") == "float32"
+    with pytest.raises(ModelError, match="unknown precision 'half'"):
+        resolve_precision(cpu, "half")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    with pytest.raises(ModelError, match="no bf16 arithmetic.*float32"):
+        ps.load_model("default", device="cpu", precision="bfloat16")
+
+
+@pytest.mark.skipif(not (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()),
+                    reason="this CPU has no bf16 arithmetic")
+def test_bf16_encoder_on_cpu(small_sam, rgb_image, tmp_path):
+    model, path = small_sam
+    bf = ps.load_model("test_small", checkpoint=path, device="cpu", precision="bfloat16")
+    a = ps.embed(rgb_image, model).get(0).astype(np.float32).ravel()
+    b = ps.embed(rgb_image, bf).get(0).astype(np.float32).ravel()
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
+    ps.embed(rgb_image, model, cache=tmp_path / "c.zarr")
+    with pytest.raises(ps.CacheError, match="compute precision"):
+        ps.embed(rgb_image, bf, cache=tmp_path / "c.zarr")
