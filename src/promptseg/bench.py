@@ -10,6 +10,7 @@ better) and the agreement of embeddings (cosine) and masks.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ def _random_model(arch: str, device: str, precision: str, fast: bool = True):
     torch.manual_seed(0)
     sam = build_sam(arch).eval()
     dev = resolve_device(device)
-    spec = get_spec("sam_vit_b" if arch == "vit_b" else f"sam_{arch}" if arch in ("vit_l", "vit_h") else "sam_vit_b")
+    spec = get_spec("sam_vit_b" if arch == "tiny" else f"sam_{arch}")  # input size and normalisation
     return PromptModel(sam=sam.to(dev), spec=spec, device=dev, precision=resolve_precision(dev, precision), fast=fast)
 
 
@@ -82,23 +83,22 @@ def run(arch: str = "vit_b", *, device: str = "auto", precision: str = "auto", i
     # -- decoder: SamPredictor.predict vs Session.add_point, same embedding, one click each --------------------
     progress(f"decoder: {clicks} clicks through SamPredictor.predict and Session.add_point ...")
     rng = np.random.default_rng(1)
-    pts = rng.integers(size // 10, size - size // 10, (clicks, 2)).astype(float)
+    pts = rng.integers(size // 10, size - size // 10, (clicks, 2)).astype(float)  # (row, col)
     s = Session(model, imgs[-1], embeddings=stores[-1])
     agree = []
+    ref_pts, our_pts = itertools.cycle(pts), itertools.cycle(pts)
 
-    def ref_click(i=[0]):
-        p = pts[i[0] % clicks]
-        i[0] += 1
-        return predictor.predict(p[None, ::-1], np.array([1]), multimask_output=True)
+    def ref_click():
+        predictor.predict(next(ref_pts)[None, ::-1], np.array([1]), multimask_output=True)  # SAM wants (x, y)
+        sync()
 
-    def our_click(i=[0]):
-        p = pts[i[0] % clicks]
-        i[0] += 1
+    def our_click():
         s.reset()
-        return s.add_point(tuple(p))
+        s.add_point(tuple(next(our_pts)))
+        sync()
 
-    ref_ms = _median_ms(lambda: ref_click() and sync(), clicks)
-    ours_ms = _median_ms(lambda: our_click() and sync(), clicks)
+    ref_ms = _median_ms(ref_click, clicks)
+    ours_ms = _median_ms(our_click, clicks)
     for p in pts[: min(clicks, 10)]:
         masks, scores, _ = predictor.predict(p[None, ::-1], np.array([1]), multimask_output=True)
         s.reset()
@@ -139,22 +139,22 @@ def _micro_sam(model, image, pts, clicks, progress) -> list:
         from micro_sam import util
     except Exception as e:  # noqa: BLE001 - any import problem means "not available here"
         return [("micro-sam", float("nan"), float("nan"), float("nan"), f"not available ({type(e).__name__})")]
+    arch = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(model.sam.image_encoder.patch_embed.proj.out_channels)
+    if arch is None:
+        return [("micro-sam", float("nan"), float("nan"), float("nan"), "only for official SAM sizes")]
     progress("micro-sam: precompute_image_embeddings and segment_from_points on the same weights ...")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "w.pth"
         torch.save(model.sam.state_dict(), ckpt)
-        arch = {1024: "vit_b", 768: "vit_b"}.get(model.sam.image_encoder.patch_embed.proj.out_channels, "vit_b")
         predictor = util.get_sam_model(model_type=arch, checkpoint_path=str(ckpt), device=str(model.device))
         t = time.perf_counter()
         emb = util.precompute_image_embeddings(predictor, image, ndim=2, verbose=False)
         enc_ms = (time.perf_counter() - t) * 1000
         util.set_precomputed(predictor, emb)
-        i = [0]
+        cycle = itertools.cycle(pts)
 
-        def click():
-            p = pts[i[0] % clicks]
-            i[0] += 1
-            return pbs.segment_from_points(predictor, p[None], np.array([1]), multimask_output=True)
+        def click():  # micro-sam takes (row, col) points
+            pbs.segment_from_points(predictor, next(cycle)[None], np.array([1]), multimask_output=True)
 
         dec_ms = _median_ms(click, clicks)
     return [("micro-sam encoder ms / image", enc_ms, float("nan"), float("nan"), "one image"),

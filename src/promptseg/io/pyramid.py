@@ -13,7 +13,7 @@ from typing import Any
 
 from promptseg.errors import ImageIOError, PromptsegError
 from promptseg.io.meta import ImageMeta, SUPPORTED_READ, format_of, one_line, split_extension
-from promptseg.io.readers import LazyView, _napari_layout, _read_zarr, _tiff_spacing, _unsupported
+from promptseg.io.readers import LazyView, _read_zarr, _tiff_layout, _unsupported
 
 
 def read_pyramid(path: str | Path) -> tuple[list[Any], ImageMeta]:
@@ -68,18 +68,8 @@ def _tiff_levels(path: Path) -> tuple[list[Any], ImageMeta]:
     import zarr
 
     with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise _unsupported(path, "the TIFF holds no image")
-        series = tif.series[0]
-        axes, shape = series.get_axes(True), series.get_shape(True)
-        order, out_axes = _napari_layout(path, axes, shape)
-        spacing, unit = _tiff_spacing(tif, series, out_axes.count("z") + 2)
-        if tif.is_svs:  # Aperio keeps the pixel size in its description: "...|MPP = 0.499|..." micrometres
-            fields = dict(f.split("=", 1) for f in tif.pages.first.description.split("|") if "=" in f)
-            mpp = {k.strip(): v.strip() for k, v in fields.items()}.get("MPP")
-            if mpp:
-                spacing, unit = (float(mpp), float(mpp)), "micrometer"
-        n = len(series.levels)
+        axes, order, out_axes, spacing, unit = _tiff_layout(tif, path)
+        n = len(tif.series[0].levels)
     levels = []
     for k in range(n):
         arr = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=k, squeeze=True), mode="r")

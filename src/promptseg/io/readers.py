@@ -145,16 +145,27 @@ def _napari_layout(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[tuple
     return order, ("z" if others else "") + "yx" + ("c" if samples else "")
 
 
+def _tiff_layout(tif: Any, path: Path) -> tuple[str, tuple[int, ...], str, tuple[float, ...], str | None]:
+    """A TIFF's first series: (source axes, permutation to napari order, napari axes, spacing, unit)."""
+    if not tif.series:
+        raise _unsupported(path, "the TIFF holds no image")
+    series = tif.series[0]
+    axes, shape = series.get_axes(True), series.get_shape(True)
+    order, out_axes = _napari_layout(path, axes, shape)
+    spacing, unit = _tiff_spacing(tif, series, out_axes.count("z") + 2)
+    if tif.is_svs:  # Aperio keeps the pixel size in its description: "...|MPP = 0.499|..." micrometres
+        fields = dict(f.split("=", 1) for f in tif.pages.first.description.split("|") if "=" in f)
+        mpp = {k.strip(): v.strip() for k, v in fields.items()}.get("MPP")
+        if mpp:
+            spacing, unit = (float(mpp), float(mpp)), "micrometer"
+    return axes, order, out_axes, spacing, unit
+
+
 def _read_tiff(path: Path, fmt: str, lazy: bool) -> tuple[Any, ImageMeta]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise _unsupported(path, "the TIFF holds no image")
-        series = tif.series[0]
-        axes, shape = series.get_axes(True), series.get_shape(True)
-        order, out_axes = _napari_layout(path, axes, shape)
-        spacing, unit = _tiff_spacing(tif, series, out_axes.count("z") + 2)
+        axes, order, out_axes, spacing, unit = _tiff_layout(tif, path)
         if not lazy:
             data = tif.asarray(series=0, level=0, squeeze=True)
     if lazy:
