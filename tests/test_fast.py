@@ -108,3 +108,36 @@ def test_bf16_encoder_on_cpu(small_sam, rgb_image, tmp_path):
     ps.embed(rgb_image, model, cache=tmp_path / "c.zarr")
     with pytest.raises(ps.CacheError, match="compute precision"):
         ps.embed(rgb_image, bf, cache=tmp_path / "c.zarr")
+
+
+def test_stroke_map_and_native_squiggle_input(rgb_image, monkeypatch):
+    from promptseg.prompts import stroke_map
+
+    m = stroke_map([(np.array([[2.0, 1.0], [2.0, 6.0]]), True), (np.array([[5.0, 5.0]]), False)], lambda p: p, 8)
+    assert m.shape == (1, 2, 8, 8) and m.dtype == np.float32
+    assert m[0, 0, 2, 1:7].all() and m[0, 0].sum() == 6 and m[0, 1, 5, 5] == 1 and m[0, 1].sum() == 1
+
+    from promptseg.models import get_spec
+    from promptseg.models.model import PromptModel
+
+    torch.manual_seed(0)
+    sam = build_sam("cnn_small", image_size=256, strokes=True).eval()
+    model = PromptModel(sam=sam, spec=get_spec("promptseg_cnn_s"), device=torch.device("cpu"))
+    assert model.has_strokes
+    seen = []
+    real = model.decode
+    monkeypatch.setattr(model, "decode", lambda *a: seen.append(a[6]) or real(*a))
+    s = ps.Session(model, rgb_image)
+    zero = np.asarray(s.add_scribble([(150, 180), (150, 230)]).mask).copy()
+    smap = seen[-1]
+    assert smap is not None and smap[0, 0].sum() > 0 and smap[0, 1].sum() == 0
+    r, c = np.nonzero(smap[0, 0])  # drawn where the stroke is, in the 64 x 64 logit frame (scale 256/500)
+    assert np.allclose(r.mean(), 150 * 256 / 500 / 4, atol=1) and c.min() >= 180 * 256 / 500 / 4 - 1
+    with torch.no_grad():  # the untrained (zero) output layer adds nothing; a trained one changes the mask
+        sam.prompt_encoder.stroke_downscaling.layers[-1].bias.fill_(-5.0)
+    s.reset()
+    assert not np.array_equal(np.asarray(s.add_scribble([(150, 180), (150, 230)]).mask), zero) or not zero.any()
+    plain = ps.Session(ps.load_model("default"), rgb_image)
+    plain.model.decode = lambda *a, real=plain.model.decode: seen.append(a[6]) or real(*a)
+    plain.add_scribble([(150, 180), (150, 230)])
+    assert seen[-1] is None  # no native input: the squiggle goes as points only

@@ -63,7 +63,7 @@ def test_tiles_in_view_are_embedded_ahead(make_napari_viewer, qtbot):
     w = _start(viewer, qtbot)
     tiles = w.prefetch_region(8000, 8600, 8000, 8600)
     assert tiles and len(tiles) <= 9
-    qtbot.waitUntil(lambda: w._prefetch is None, timeout=60000)
+    qtbot.waitUntil(lambda: not w.tiles.busy, timeout=60000)
     assert all(w.session.store.is_done(t) for t in tiles)
     assert w.session.store.n_slices - len(w.session.store.missing()) == len(tiles)
     assert w.prefetch_region(0, 20000, 0, 20000) is None  # the whole slide in view: nothing is embedded ahead

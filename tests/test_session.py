@@ -47,9 +47,9 @@ def test_feedback_uses_previous_logits(small_sam, rgb_image, monkeypatch):
     calls = []
     real = model.decode
 
-    def spy(features, xy, labels, box, mask_input, multimask):
+    def spy(features, xy, labels, box, mask_input, multimask, strokes=None):
         calls.append((None if xy is None else len(xy), box is not None, mask_input is not None, multimask))
-        return real(features, xy, labels, box, mask_input, multimask)
+        return real(features, xy, labels, box, mask_input, multimask, strokes)
 
     monkeypatch.setattr(model, "decode", spy)
     s.add_point((150, 200))

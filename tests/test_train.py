@@ -133,3 +133,28 @@ def test_cnn_arch_builds_sam_shaped_embeddings():
         emb = sam.image_encoder(torch.zeros(1, 3, 128, 128))
     assert emb.shape == (1, 128, 8, 8)
     assert sam.prompt_encoder.embed_dim == 128 and sam.image_encoder.img_size == 128
+
+
+def test_fine_tuning_only_the_stroke_encoder_leaves_the_rest_untouched(tmp_path):
+    cfg_path = tmp_path / "tiny.toml"
+    cfg_path.write_text(TINY)
+    base = train(cfg_path, tmp_path / "base")  # a click/box model without a squiggle input
+    strokes = (TINY.replace("decoder_mlp_dim = 64}", "decoder_mlp_dim = 64, strokes = true}")
+               .replace('image_size = 64\n', f'image_size = 64\ninit = "{base.as_posix()}"\n')
+               .replace("threads = 2", 'threads = 2\ntrainable = ["prompt_encoder.stroke_downscaling."]\nlr = 0.01')
+               + "[prompts]\np_click = 0.0\np_box = 0.0\np_squiggle = 1.0\np_squiggle_correct = 0.5\n")
+    cfg_path.write_text(strokes)
+    tuned = torch.load(train(cfg_path, tmp_path / "strokes"), weights_only=True)
+    before = torch.load(base, weights_only=True)
+    assert set(tuned) - set(before) and all(k.startswith("prompt_encoder.stroke_downscaling.") for k in set(tuned) - set(before))
+    assert all(torch.equal(tuned[k], before[k]) for k in before)  # everything else exactly as it was
+    last = [k for k in tuned if k.startswith("prompt_encoder.stroke_downscaling.layers.8")]
+    assert any(tuned[k].abs().sum() > 0 for k in last)  # the zero-initialised output layer learned
+
+
+def test_squiggle_paths_stay_inside(blob):
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        path = P.squiggle_path(rng, blob)
+        r, c = np.rint(path).astype(int).T
+        assert len(path) >= 1 and blob[r, c].all()

@@ -46,6 +46,25 @@ def prompts_json(states: dict) -> dict:
     return out
 
 
+def strokes_for(model, frame, scribbles, origin=(0.0, 0.0)):
+    """The stroke map (1, 2, L, L) of a slice's squiggles for a model with a native squiggle input, else None.
+
+    ``frame`` is the slice's (or tile's) :class:`~promptseg.preprocess.Frame`; ``origin`` the (row, col)
+    of that frame's first pixel in the squiggles' coordinates (a tile's corner).
+    """
+    if not scribbles or not model.has_strokes:
+        return None
+    from .prompts import stroke_map
+
+    lowres = model.lowres_size
+    scale = lowres / frame.size
+
+    def to_lowres(rc):
+        return frame.to_input_xy(rc - np.asarray(origin))[:, ::-1] * scale
+
+    return stroke_map(scribbles, to_lowres, lowres)
+
+
 def points_of(state: SliceState) -> tuple[np.ndarray, np.ndarray]:
     """The clicks of a state plus well-spread points along its squiggles: ((N, 2) (row, col), (N,) bool)."""
     rc = [p.rc for p in state.points]

@@ -103,3 +103,28 @@ def scribble_to_points(polyline: np.ndarray, max_points: int = 8, spacing: float
     n = int(np.clip(round(length / spacing) + 1, 2, max_points))
     targets = np.linspace(0.0, length, n)
     return np.stack([np.interp(targets, arc, poly[:, 0]), np.interp(targets, arc, poly[:, 1])], axis=1)
+
+
+def stroke_map(strokes, to_lowres, lowres: int) -> np.ndarray:
+    """Rasterise squiggles into a decoder stroke map: float32 (1, 2, L, L), 1 on the strokes.
+
+    Parameters
+    ----------
+    strokes : iterable of ((N, 2) (row, col) polyline, positive: bool).
+    to_lowres : maps (N, 2) (row, col) to (N, 2) (row, col) in the frame of the low-resolution logits.
+    lowres : L, the side of the low-resolution logits.
+
+    Channel 0 holds the positive strokes, channel 1 the negative ones; each polyline is drawn as
+    connected 1-pixel lines (``skimage.draw.line``) and clipped to the map.
+    """
+    from skimage.draw import line
+
+    out = np.zeros((1, 2, lowres, lowres), np.float32)
+    for poly, positive in strokes:
+        p = np.rint(to_lowres(np.asarray(poly, dtype=np.float64).reshape(-1, 2))).astype(int)
+        segs = zip(p[:-1], p[1:]) if len(p) > 1 else [(p[0], p[0])]
+        for (r0, c0), (r1, c1) in segs:
+            rr, cc = line(r0, c0, r1, c1)
+            ok = (rr >= 0) & (rr < lowres) & (cc >= 0) & (cc < lowres)
+            out[0, 0 if positive else 1, rr[ok], cc[ok]] = 1.0
+    return out

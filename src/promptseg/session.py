@@ -16,7 +16,7 @@ import numpy as np
 
 from .embeddings import Embedder, EmbeddingStore, fill, open_store
 from .errors import CacheError, ImageError, PromptError
-from ._state import EMPTY, SliceState, insert_axis, pack, points_of, prompts_json, unpack
+from ._state import EMPTY, SliceState, insert_axis, pack, points_of, prompts_json, strokes_for, unpack
 from .tiling import TiledEmbedder, decode_tiles, make_embedder, mask_to_tiles
 from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice
 
@@ -391,7 +391,8 @@ class Session:
         b = state.box if state.box is not None else (Box(*extra_box) if extra_box is not None else None)
         box = None if b is None else self.frame.box_to_input(b.r0, b.c0, b.r1, b.c1)
         multimask = len(rc) == 1 and not state.scribbles and box is None and state.logits is None
-        low, iou = self.model.decode(self._features(k), xy, labels, box, state.logits, multimask)
+        strokes = strokes_for(self.model, self.frame, state.scribbles)
+        low, iou = self.model.decode(self._features(k), xy, labels, box, state.logits, multimask, strokes)
         best = int(np.argmax(iou)) if multimask else 0
         full = self.model.upscale(low[best], self.frame.input, self.frame.original) > self.threshold
         bits, extent = pack(full) if full.any() else (None, None)

@@ -274,7 +274,7 @@ def decode_tiles(session, state, max_tiles: int = MAX_TILES):
     while True:
         for t in sorted(active - set(lows)):
             mask_in = prev[t].low if t in prev else None
-            low, iou = _decode_one(session, t, pts, flags, state.box, mask_in, seeds.get(t, ()), multimask)
+            low, iou = _decode_one(session, t, pts, flags, state.box, mask_in, seeds.get(t, ()), multimask, state.scribbles)
             k = pick if len(low) > 1 else 0
             lows[t] = (low[k : k + 1], float(iou[k]))
         mask, origin = _stitch(session, lows)
@@ -314,8 +314,10 @@ def _owner(emb: TiledEmbedder, r: float, c: float) -> int:
     return min(max(i, 0), emb.plan.grid[0] - 1) * emb.plan.grid[1] + min(max(j, 0), emb.plan.grid[1] - 1)
 
 
-def _decode_one(session, t, pts, flags, box, mask_in, seeds, multimask):
+def _decode_one(session, t, pts, flags, box, mask_in, seeds, multimask, scribbles=()):
     """Run the decoder on tile ``t`` with the prompts that fall inside it (full-resolution inputs)."""
+    from ._state import strokes_for
+
     emb = session.embedder
     r0, r1, c0, c1 = emb.extent(t)
     frame = emb.tile_frame(t)
@@ -332,8 +334,10 @@ def _decode_one(session, t, pts, flags, box, mask_in, seeds, multimask):
         if np.all(hi > lo):
             box_in = frame.box_to_input(lo[0], lo[1], hi[0], hi[1])
     xy = frame.to_input_xy(local) if len(local) else None
+    strokes = strokes_for(session.model, frame, scribbles, (r0, c0))
     return session.model.decode(session._features(t), xy, labels if len(local) else None, box_in, mask_in,
-                                multimask and len(local) == 1 and box_in is None and mask_in is None)
+                                multimask and len(local) == 1 and box_in is None and mask_in is None and not scribbles,
+                                strokes)
 
 
 def _weights(emb: TiledEmbedder, t: int) -> np.ndarray:

@@ -44,8 +44,9 @@ def build_sam(
     image_size : side of the square encoder input (the embedding grid is ``image_size // 16``).
     pixel_mean, pixel_std : normalisation registered as buffers of the model (0..255 scale).
     overrides : replace any entry of the architecture (``embed_dim``, ``depth``, ``num_heads``,
-        ``global_attn_indexes``, ``window_size``, ``prompt_embed_dim``, ``decoder_mlp_dim``; for the CNN
-        encoder of ``cnn_small`` also ``widths`` and ``blocks``).
+        ``global_attn_indexes``, ``window_size``, ``prompt_embed_dim``, ``decoder_mlp_dim``, ``strokes`` (a
+        :class:`~promptseg.models.tiny.StrokeEncoder` for native squiggles); for the CNN encoder of
+        ``cnn_small`` also ``widths`` and ``blocks``).
 
     Returns
     -------
@@ -53,7 +54,7 @@ def build_sam(
     """
     if arch not in ARCHS:
         raise ModelError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
-    cfg = {**dict(window_size=14, prompt_embed_dim=256, decoder_mlp_dim=2048), **ARCHS[arch]}
+    cfg = {**dict(window_size=14, prompt_embed_dim=256, decoder_mlp_dim=2048, strokes=False), **ARCHS[arch]}
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ModelError(f"unknown architecture parameter(s) {sorted(unknown)} for {arch!r}")
@@ -98,6 +99,10 @@ def build_sam(
         pixel_mean=list(pixel_mean),
         pixel_std=list(pixel_std),
     )
+    if cfg["strokes"]:  # a native squiggle input (promptseg's own models; official SAM has none)
+        from .tiny import StrokeEncoder
+
+        sam.prompt_encoder.stroke_downscaling = StrokeEncoder(embed)
     return sam.eval()
 
 

@@ -65,8 +65,10 @@ class FastDecoder:
                 self.q.append((a.q_proj.weight, F.linear(pos, a.q_proj.weight, a.q_proj.bias).t().contiguous()))
 
     @torch.inference_mode()
-    def __call__(self, features, points, boxes, masks, multimask: bool):
+    def __call__(self, features, points, boxes, masks, multimask: bool, extra_dense=None):
         sparse, dense = self.pe(points=points, boxes=boxes, masks=masks)
+        if extra_dense is not None:  # e.g. a stroke map's embedding (models with a native squiggle input)
+            dense = dense + extra_dense
         md = self.md
         tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)[None]
         tokens = torch.cat([tokens, sparse], dim=1)

@@ -52,6 +52,11 @@ class PromptModel:
         return self.sam.image_encoder.img_size
 
     @property
+    def has_strokes(self) -> bool:
+        """Whether the model takes squiggles natively (a stroke map next to the mask prompt)."""
+        return hasattr(self.sam.prompt_encoder, "stroke_downscaling")
+
+    @property
     def lowres_size(self) -> int:
         """Side of the low-resolution logits (4x the embedding grid; 256 for SAM)."""
         return 4 * self.sam.prompt_encoder.image_embedding_size[0]
@@ -100,6 +105,7 @@ class PromptModel:
         box_xyxy: np.ndarray | None,
         mask_input: np.ndarray | None,
         multimask: bool,
+        strokes: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Run prompt encoder and mask decoder for one image (mirrors ``SamPredictor.predict_torch``).
 
@@ -111,6 +117,8 @@ class PromptModel:
         box_xyxy : (4,) float in the input frame, or None.
         mask_input : (1, L, L) float32 low-resolution logits of an earlier prediction, or None.
         multimask : return the three ambiguity-aware masks instead of one.
+        strokes : (1, 2, L, L) float32 stroke map (:func:`promptseg.prompts.stroke_map`), used by models
+            with a native squiggle input (``has_strokes``), ignored by the others.
 
         Returns
         -------
@@ -126,10 +134,14 @@ class PromptModel:
         box = None if box_xyxy is None else torch.as_tensor(box_xyxy, dtype=torch.float, device=dev)[None]
         mask = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float, device=dev)[None]
         pe = self.sam.prompt_encoder
+        extra = None
+        if strokes is not None and self.has_strokes:
+            extra = pe.stroke_downscaling(torch.as_tensor(strokes, dtype=torch.float, device=dev))
         if self.fast:
-            low, iou = self._fast_decoder()(features, points, box, mask, multimask)
+            low, iou = self._fast_decoder()(features, points, box, mask, multimask, extra)
             return low[0].float().cpu().numpy(), iou[0].float().cpu().numpy()
         sparse, dense = pe(points=points, boxes=box, masks=mask)
+        dense = dense if extra is None else dense + extra
         low, iou = self.sam.mask_decoder(
             image_embeddings=features,
             image_pe=pe.get_dense_pe(),

@@ -84,3 +84,30 @@ class CNNEncoder(nn.Module):
             feats.append(x)
         x = x + self.fuse(nn.functional.avg_pool2d(feats[-2], 2))
         return self.neck(x)
+
+
+class StrokeEncoder(nn.Module):
+    """Squiggles as a dense prompt: a stroke map (B, 2, L, L) -> (B, embed_dim, L/4, L/4).
+
+    Channel 0 holds the positive strokes, channel 1 the negative ones, drawn in the frame of the
+    low-resolution logits (see :func:`promptseg.prompts.stroke_map`). Built like the prompt encoder's
+    ``mask_downscaling`` plus a 3x3 layer for context; its output is added to the dense prompt
+    embedding. The last layer starts at zero, so adding the encoder to a trained model changes nothing
+    until it is trained.
+    """
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        from segment_anything.modeling.common import LayerNorm2d
+
+        self.layers = nn.Sequential(
+            nn.Conv2d(2, 16, 2, 2), LayerNorm2d(16), nn.GELU(),
+            nn.Conv2d(16, 32, 2, 2), LayerNorm2d(32), nn.GELU(),
+            nn.Conv2d(32, 32, 3, 1, 1), nn.GELU(),
+            nn.Conv2d(32, embed_dim, 1),
+        )
+        nn.init.zeros_(self.layers[-1].weight)
+        nn.init.zeros_(self.layers[-1].bias)
+
+    def forward(self, strokes: torch.Tensor) -> torch.Tensor:
+        return self.layers(strokes)

@@ -22,46 +22,13 @@ from napari.utils.notifications import show_error, show_info
 
 # import torch's stack (torchvision, torch._dynamo) now, in the main thread, not first in a worker thread
 from ..models import build as _build  # noqa: F401
-from ..embeddings import fill, open_store
 from ..errors import PromptsegError
-from ..models import list_models, load_model
+from ..models import list_models
 from ..preprocess import spatial_shape
 from ..project import Project
 from ..session import Session
-from ..tiling import TiledEmbedder, make_embedder, tiles_in
 from ._layers import PromptLayers
-
-
-def _fill_job(store, embedder, tiles: list):
-    """Worker generator: embed ``tiles`` of a tiled image (the region in view)."""
-    for t in tiles:
-        if not store.is_done(t):
-            fill(store, embedder, [t])
-        yield t
-
-
-def _embed_job(model_args: dict, data, rgb: bool, cache, priority: list, level=None):
-    """Worker generator: load the model, open the cache, embed missing slices (requested ones first).
-
-    A tiled image (a slide) is not embedded ahead: its tiles are embedded when a prompt or the view
-    needs them (see :meth:`AnnotatorWidget.prefetch_view`).
-    """
-    model = model_args.pop("model", None) or load_model(**model_args)
-    embedder = make_embedder(model, data, rgb=rgb, level=level)
-    store = open_store(embedder, cache)
-    yield ("ready", model, embedder, store)
-    if isinstance(embedder, TiledEmbedder):
-        yield ("progress", 1, 1, 0)  # the one plane is ready: each prompt embeds the tiles it needs
-        return
-    missing = set(store.missing())
-    total = embedder.n_slices
-    yield ("progress", total - len(missing), total, None)
-    while missing:
-        wanted = [k for k in priority if k in missing]
-        k = wanted[0] if wanted else min(missing)
-        fill(store, embedder, [k])
-        missing.discard(k)
-        yield ("progress", total - len(missing), total, k)
+from ._workers import TilePrefetch, embed_job
 
 
 class AnnotatorWidget(Container):
@@ -99,7 +66,7 @@ class AnnotatorWidget(Container):
         self._export_path = FileEdit(label="export to", mode="w", filter="*.tif *.nii.gz *.ome.zarr", value="")
         self._export = PushButton(text="Export labels")
         self._status = Label(value="choose an image and press Start")
-        self._prefetch = None  # worker embedding the tiles in view
+        self.tiles = TilePrefetch(self)
         self.extend([self._image, self._fix, self._model, self._checkpoint, self._device, self._level, self._start, self._positive,
                      self._commit, self._undo, self._redo, self._clear, self._propagate, self._edit, self._export_path, self._export,
                      self._status])
@@ -178,61 +145,26 @@ class AnnotatorWidget(Container):
         handlers = {"yielded": lambda msg, key=key: self._on_worker(msg, key), "errored": self._on_worker_error,
                     "finished": self._close_progress}
         cache = self.project.embeddings_path(key[0] if not level else f"{key[0]}-level{level}")
-        self.worker = create_worker(_embed_job, args, data, rgb, cache, self._priority, level,
+        self.worker = create_worker(embed_job, args, data, rgb, cache, self._priority, level,
                                     _connect=handlers, _start_thread=True)
 
     def _stop_worker(self, *_):
-        for w in (self.worker, self._prefetch):
-            if w is not None:
-                w.quit()  # the generator stops at its next slice; finished slices stay cached
-        self.worker = self._prefetch = None
-
-    def _camera(self):
-        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9 moved the camera there
-        return scene.camera if scene is not None and hasattr(scene, "camera") else self.viewer.camera
-
-    def _view_changed(self, event=None):
-        from qtpy.QtCore import QTimer
-
-        if not getattr(self, "_view_timer", None):
-            self._view_timer = QTimer()
-            self._view_timer.setSingleShot(True)
-            self._view_timer.timeout.connect(self.prefetch_view)
-        self._view_timer.start(400)  # after the user stops panning or zooming
+        if self.worker is not None:
+            self.worker.quit()  # the generator stops at its next slice; finished slices stay cached
+            self.worker = None
+        self.tiles.stop()
 
     def prefetch_view(self):
-        """Embed, in a worker, the tiles of the region in view (see :meth:`prefetch_region`)."""
-        if self.session is None or not self.session.tiled:
-            return None
-        layer = self._image.value
-        corners = np.asarray(layer.corner_pixels, dtype=float)[:, :2]
-        if layer.multiscale:  # corner_pixels are in the pixels of the level on screen
-            corners = corners * self.layers.factors[layer.data_level]
-        (r0, c0), (r1, c1) = corners
-        return self.prefetch_region(r0, r1, c0, c1)
+        """Embed, in a worker, the not yet embedded tiles in view of a slide (see :class:`TilePrefetch`)."""
+        return self.tiles.view()
 
     def prefetch_region(self, r0, r1, c0, c1, max_tiles: int = 12):
-        """Embed, in a worker, the tiles of rows r0..r1, cols c0..c1 (full-resolution pixels) that are not
-        embedded yet, when they are at most ``max_tiles``; returns them (None when nothing starts)."""
-        if self.session is None or not self.session.tiled or self._prefetch is not None:
-            return None
-        tiles = [t for t in tiles_in(self.session.embedder, r0, r1, c0, c1) if not self.session.store.is_done(t)]
-        if not tiles or len(tiles) > max_tiles:
-            return None
-
-        def done(*_):
-            self._prefetch = None
-
-        self._prefetch = create_worker(_fill_job, self.session.store, self.session.embedder, tiles,
-                                       _connect={"finished": done, "errored": lambda e: (done(), self._on_worker_error(e))},
-                                       _start_thread=True)
-        return tiles
+        """Embed, in a worker, the tiles of rows r0..r1, cols c0..c1 (full-resolution pixels)."""
+        return self.tiles.region(r0, r1, c0, c1, max_tiles)
 
     def _teardown(self):
         self._stop_worker()
-        camera = self._camera()
-        for ev in (camera.events.center, camera.events.zoom):
-            ev.disconnect(self._view_changed)
+        self.tiles.follow_view(False)
         if self.layers is not None:  # a restart: drop the previous layers (committed objects are saved)
             old = [self.layers.points, self.layers.shapes, self.layers.current]
             if self.layers.committed is not self._fix.value:
@@ -252,9 +184,7 @@ class AnnotatorWidget(Container):
             self._models[key] = model
             self.session = Session(model, embedder.image, embeddings=store, labels=self._start_labels, embedder=embedder)
             self.layers.set_labels(self.session.labels)
-            if self.session.tiled:
-                self._camera().events.center.connect(self._view_changed)
-                self._camera().events.zoom.connect(self._view_changed)
+            self.tiles.follow_view(self.session.tiled)
             return
         _, done, total, k = msg
         if k is None:
@@ -274,6 +204,10 @@ class AnnotatorWidget(Container):
     def _on_worker_error(self, exc):
         self._close_progress()
         self.worker = None
+        self.report_error(exc)
+
+    def report_error(self, exc) -> None:
+        """An error from a worker: one line in the status and in napari's notifications."""
         text = str(exc) if isinstance(exc, PromptsegError) else f"{type(exc).__name__}: {exc}"
         self._status.value = "failed: " + text
         show_error(f"promptseg: {text}")

@@ -3,8 +3,10 @@
 Protocol, per object: 1 click at the object's innermost pixel (farthest from its boundary); then up to 2
 correction clicks, each at the innermost pixel of the larger error region (positive in a missed region,
 negative in a false-positive one), fed through ``Session.add_point`` so that the previous logits are fed
-back as the Session does; separately, a box at the object's exact bounding box (``Session.add_box``).
-Reported: mean Dice after 1 and 3 clicks and with the box.
+back as the Session does; separately, a box at the object's exact bounding box (``Session.add_box``) and
+a squiggle along the object's long axis through its innermost pixel (``Session.add_scribble``, the
+stroke of :func:`promptseg.evaluate.squiggle`). Reported: mean Dice after 1 and 3 clicks, with the box,
+and with the squiggle.
 
 Data: held-out synthetic draws (seeds never used in training) and scikit-image's ``coins()``, labelled
 with the watershed recipe of scikit-image's own coins tutorial (Sobel elevation map, markers at grey < 30
@@ -19,7 +21,7 @@ import time
 import numpy as np
 
 import promptseg as ps
-from ..evaluate import dice, innermost, next_click  # the same protocol as `promptseg evaluate`
+from ..evaluate import dice, innermost, next_click, squiggle  # the same protocol as `promptseg evaluate`
 from .synthetic import sample
 
 
@@ -43,8 +45,10 @@ def evaluate_object(model, image: np.ndarray, gt: np.ndarray, n_clicks: int = 3,
     s.reset()
     rows, cols = np.flatnonzero(gt.any(axis=1)), np.flatnonzero(gt.any(axis=0))
     pb = s.add_box((rows[0], cols[0]), (rows[-1], cols[-1]))
-    masks["box"] = pb.mask.copy()
-    return {"clicks": scores, "box": dice(pb.mask, gt), "masks": masks}
+    masks["box"] = pb.mask.copy()  # (a Prediction's mask is a view of the session's buffer: copy it now)
+    s.reset()
+    psq = s.add_scribble(squiggle(gt))
+    return {"clicks": scores, "box": dice(masks["box"], gt), "squiggle": dice(psq.mask, gt), "masks": masks}
 
 
 def coins_labels() -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +86,8 @@ def summarise(results: list[dict]) -> dict:
     clicks = np.array([r["clicks"] for r in results])
     box = np.array([r["box"] for r in results])
     return {"n": len(results), "dice_1click": float(clicks[:, 0].mean()), "dice_3clicks": float(clicks[:, -1].mean()),
-            "dice_box": float(box.mean()), "median_1click": float(np.median(clicks[:, 0])),
+            "dice_box": float(box.mean()), "dice_squiggle": float(np.mean([r["squiggle"] for r in results])),
+            "median_1click": float(np.median(clicks[:, 0])),
             "frac_1click_dice_gt_0.8": float((clicks[:, 0] > 0.8).mean())}
 
 

@@ -53,13 +53,11 @@ def box(rng: np.random.Generator, mask: np.ndarray, jitter: float = 0.1, max_px:
                      np.clip(r1 + d[2], 0, h - 1), np.clip(c1 + d[3], 0, w - 1)])
 
 
-def squiggle(rng: np.random.Generator, mask: np.ndarray, max_points: int = 8) -> np.ndarray:
-    """A random stroke drawn inside the object, returned as spread points as the Session does.
+def squiggle_path(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """A random stroke drawn inside a region, as a person scribbles: float (K, 2) (row, col), K >= 1.
 
-    A random walk from a centre-biased click, with steps of ~1/8 of the object's size that stay inside
-    the object; resampled with :func:`promptseg.prompts.scribble_to_points`.
-
-    Returns float (K, 2) (row, col), 1 <= K <= ``max_points``, all inside ``mask``.
+    A random walk from a centre-biased point, with steps of ~1/8 of the region's size that stay inside
+    ``mask`` (bool (H, W), non-empty).
     """
     dist = inner_distance(mask)
     size = 2.0 * float(dist.max())
@@ -77,9 +75,23 @@ def squiggle(rng: np.random.Generator, mask: np.ndarray, max_points: int = 8) ->
                 pos = nxt
                 path.append(pos)
                 break
-    pts = scribble_to_points(np.array(path), max_points=max_points, spacing=max(4.0, step))
+    return np.array(path)
+
+
+def spread(path: np.ndarray, mask: np.ndarray, max_points: int = 8) -> np.ndarray:
+    """The points the Session sends for a stroke (:func:`promptseg.prompts.scribble_to_points`), kept
+    where they fall inside ``mask``: float (K, 2), K >= 1."""
+    size = 2.0 * float(inner_distance(mask).max())
+    pts = scribble_to_points(path, max_points=max_points, spacing=max(4.0, max(1.5, size / 8)))
+    h, w = mask.shape
     keep = mask[np.clip(np.rint(pts[:, 0]).astype(int), 0, h - 1), np.clip(np.rint(pts[:, 1]).astype(int), 0, w - 1)]
-    return pts[keep] if keep.any() else np.array(path[:1])
+    return pts[keep] if keep.any() else path[:1]
+
+
+def squiggle(rng: np.random.Generator, mask: np.ndarray, max_points: int = 8) -> np.ndarray:
+    """A random stroke inside the object (:func:`squiggle_path`), returned as spread points as the
+    Session sends them: float (K, 2) (row, col), 1 <= K <= ``max_points``, all inside ``mask``."""
+    return spread(squiggle_path(rng, mask), mask, max_points)
 
 
 def correction_click(rng: np.random.Generator | None, gt: np.ndarray, pred: np.ndarray, centre_power: float = 2.0):

@@ -26,17 +26,19 @@ import torch
 import torch.nn.functional as F
 
 from ..models.build import build_sam
+from ..prompts import stroke_map
 from . import prompts as P
 from .synthetic import sample
 
 DEFAULTS = {
-    "model": {"arch": "cnn_small", "image_size": 256, "arch_kwargs": {},
+    "model": {"arch": "cnn_small", "image_size": 256, "arch_kwargs": {}, "init": "",
               "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]},
     "data": {"min_area": 30, "p_non_square": 0.3},
-    "prompts": {"p_click": 0.6, "p_box": 0.3, "p_squiggle": 0.1, "p_correct": 0.5, "max_corrections": 2},
+    "prompts": {"p_click": 0.6, "p_box": 0.3, "p_squiggle": 0.1, "p_correct": 0.5, "max_corrections": 2,
+                "p_squiggle_correct": 0.0},
     "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
-              "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1},
+              "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": []},
 }
 
 
@@ -113,13 +115,14 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
     target = _lowres_target(mask, size, lowres)
     pe = sam.prompt_encoder
     u = rng.random()
-    rc, flags, box = np.zeros((0, 2)), [], None
+    rc, flags, box, strokes = np.zeros((0, 2)), [], None, []
     if u < pr["p_click"]:
         rc, flags = P.first_click(rng, mask)[None], [1]
     elif u < pr["p_click"] + pr["p_box"]:
         box = P.box(rng, mask)
     else:
-        rc = P.squiggle(rng, mask)
+        path = P.squiggle_path(rng, mask)
+        rc, strokes = P.spread(path, mask), [(path, True)]
         flags = [1] * len(rc)
     n_rounds = 1 + (int(rng.integers(1, pr["max_corrections"] + 1)) if rng.random() < pr["p_correct"] else 0)
     total = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
@@ -131,6 +134,9 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
             points = (torch.as_tensor(P.to_xy(rc), dtype=torch.float)[None], torch.as_tensor(flags, dtype=torch.int)[None])
         boxes = None if box is None else torch.as_tensor(box[[1, 0, 3, 2]], dtype=torch.float)[None]
         sparse, dense = pe(points=points, boxes=boxes, masks=prev)
+        if strokes and hasattr(pe, "stroke_downscaling"):  # the native squiggle input
+            smap = stroke_map(strokes, lambda p: p * (lowres / size), lowres)
+            dense = dense + pe.stroke_downscaling(torch.from_numpy(smap))
         low, iou_pred = sam.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
                                          dense_prompt_embeddings=dense, multimask_output=multimask)
         focal, dice, mse, iou = _losses(low[0], target, iou_pred[0], t["focal_gamma"])
@@ -148,6 +154,15 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
             click = P.correction_click(rng, mask, pred)
             if click is None:
                 break
+            if rng.random() < pr["p_squiggle_correct"]:  # a correcting squiggle in the error region instead
+                positive = bool(click[1])
+                region = (mask & ~pred) if positive else (pred & ~mask)
+                path = P.squiggle_path(rng, region)
+                extra = P.spread(path, region)
+                strokes = strokes + [(path, positive)]
+                rc = np.concatenate([rc, extra])
+                flags = flags + [int(positive)] * len(extra)
+                continue
             rc = np.concatenate([rc, click[0][None]])
             flags = flags + [int(click[1])]
     return total, ious
@@ -189,7 +204,17 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
     torch.set_num_threads(int(t["threads"]))
     torch.manual_seed(t["seed"])
     sam = build_model(cfg).train()
-    opt = torch.optim.AdamW(sam.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    if cfg["model"]["init"]:  # fine-tuning: start from trained weights; new modules keep their initialisation
+        state = torch.load(cfg["model"]["init"], map_location="cpu", weights_only=True)
+        missing, unexpected = sam.load_state_dict(state, strict=False)
+        if unexpected or any(not any(k.startswith(p) for p in t["trainable"]) for k in missing):
+            raise ValueError(f"{cfg['model']['init']} does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if t["trainable"]:  # train only these parameters (name prefixes); the rest stays as it is
+        for name, prm in sam.named_parameters():
+            prm.requires_grad_(any(name.startswith(p) for p in t["trainable"]))
+    params = [prm for prm in sam.parameters() if prm.requires_grad]
+    encoder_frozen = not any(prm.requires_grad for prm in sam.image_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
     start = 0
     if resume and (out / "model_last.pt").is_file() and (out / "train_state.pt").is_file():
         sam.load_state_dict(torch.load(out / "model_last.pt", map_location="cpu", weights_only=True))
@@ -210,7 +235,8 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
             g["lr"] = lr
         batch = [_draw(rng, size, cfg) for _ in range(t["batch_size"])]
         x = torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None]) for im, _, _ in batch])
-        emb = sam.image_encoder(x)
+        with torch.set_grad_enabled(not encoder_frozen):
+            emb = sam.image_encoder(x)
         terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
         ious, n = [], 0
         for b, (_, labels, ids) in enumerate(batch):
@@ -223,7 +249,7 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]) / n
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(sam.parameters(), t["grad_clip"])
+        gnorm = torch.nn.utils.clip_grad_norm_(params, t["grad_clip"])
         opt.step()
         vals = {"loss": float(loss.detach()), **{k: float(v.detach() if torch.is_tensor(v) else v) / n for k, v in terms.items()}, "miou": float(np.mean(ious))}
         for k, v in vals.items():
