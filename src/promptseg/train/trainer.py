@@ -38,7 +38,8 @@ DEFAULTS = {
                 "p_squiggle_correct": 0.0},
     "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
-              "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": []},
+              "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": [],
+              "device": "cpu"},
 }
 
 
@@ -84,11 +85,11 @@ def _draw(rng: np.random.Generator, size: int, cfg: dict):
             return image, labels, ok
 
 
-def _lowres_target(mask: np.ndarray, size: int, lowres: int) -> torch.Tensor:
+def _lowres_target(mask: np.ndarray, size: int, lowres: int, device="cpu") -> torch.Tensor:
     """bool (h, w) -> float (lowres, lowres): the fraction of object pixels per low-res cell (padded)."""
     full = torch.zeros(size, size)
     full[: mask.shape[0], : mask.shape[1]] = torch.from_numpy(mask.astype(np.float32))
-    return F.avg_pool2d(full[None, None], size // lowres)[0, 0]
+    return F.avg_pool2d(full[None, None], size // lowres)[0, 0].to(device)
 
 
 def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0):
@@ -112,7 +113,8 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
     pr, t = cfg["prompts"], cfg["train"]
     size = sam.image_encoder.img_size
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
-    target = _lowres_target(mask, size, lowres)
+    dev = emb.device
+    target = _lowres_target(mask, size, lowres, dev)
     pe = sam.prompt_encoder
     u = rng.random()
     rc, flags, box, strokes = np.zeros((0, 2)), [], None, []
@@ -131,12 +133,13 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
         multimask = len(flags) == 1 and box is None and prev is None
         points = None
         if len(flags):
-            points = (torch.as_tensor(P.to_xy(rc), dtype=torch.float)[None], torch.as_tensor(flags, dtype=torch.int)[None])
-        boxes = None if box is None else torch.as_tensor(box[[1, 0, 3, 2]], dtype=torch.float)[None]
+            points = (torch.as_tensor(P.to_xy(rc), dtype=torch.float, device=dev)[None],
+                      torch.as_tensor(flags, dtype=torch.int, device=dev)[None])
+        boxes = None if box is None else torch.as_tensor(box[[1, 0, 3, 2]], dtype=torch.float, device=dev)[None]
         sparse, dense = pe(points=points, boxes=boxes, masks=prev)
         if strokes and hasattr(pe, "stroke_downscaling"):  # the native squiggle input
             smap = stroke_map(strokes, lambda p: p * (lowres / size), lowres)
-            dense = dense + pe.stroke_downscaling(torch.from_numpy(smap))
+            dense = dense + pe.stroke_downscaling(torch.from_numpy(smap).to(dev))
         low, iou_pred = sam.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
                                          dense_prompt_embeddings=dense, multimask_output=multimask)
         focal, dice, mse, iou = _losses(low[0], target, iou_pred[0], t["focal_gamma"])
@@ -150,7 +153,7 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
             prev = low[:, pick:pick + 1].detach()
             with torch.no_grad():
                 up = F.interpolate(prev, size=(size, size), mode="bilinear", align_corners=False)[0, 0] > 0
-            pred = up[: mask.shape[0], : mask.shape[1]].numpy()
+            pred = up[: mask.shape[0], : mask.shape[1]].cpu().numpy()
             click = P.correction_click(rng, mask, pred)
             if click is None:
                 break
@@ -170,7 +173,7 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
 
 def _save(sam, opt, step: int, out: Path) -> None:
     """Plain state dict (weights_only-readable) + optimiser state, written atomically."""
-    state = {k: v.detach().contiguous().clone() for k, v in sam.state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in sam.state_dict().items()}
     tmp = out / "model_last.pt.tmp"
     torch.save(state, tmp)
     tmp.replace(out / "model_last.pt")
@@ -203,6 +206,9 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     torch.set_num_threads(int(t["threads"]))
     torch.manual_seed(t["seed"])
+    from ..models import resolve_device
+
+    dev = resolve_device(t["device"])  # "auto": a GPU when there is one
     sam = build_model(cfg).train()
     if cfg["model"]["init"]:  # fine-tuning: start from trained weights; new modules keep their initialisation
         state = torch.load(cfg["model"]["init"], map_location="cpu", weights_only=True)
@@ -212,13 +218,14 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
     if t["trainable"]:  # train only these parameters (name prefixes); the rest stays as it is
         for name, prm in sam.named_parameters():
             prm.requires_grad_(any(name.startswith(p) for p in t["trainable"]))
+    sam.to(dev)
     params = [prm for prm in sam.parameters() if prm.requires_grad]
     encoder_frozen = not any(prm.requires_grad for prm in sam.image_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
     start = 0
     if resume and (out / "model_last.pt").is_file() and (out / "train_state.pt").is_file():
-        sam.load_state_dict(torch.load(out / "model_last.pt", map_location="cpu", weights_only=True))
-        state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+        sam.load_state_dict(torch.load(out / "model_last.pt", map_location=dev, weights_only=True))
+        state = torch.load(out / "train_state.pt", map_location=dev, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
     size = cfg["model"]["image_size"]
@@ -234,7 +241,7 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         for g in opt.param_groups:
             g["lr"] = lr
         batch = [_draw(rng, size, cfg) for _ in range(t["batch_size"])]
-        x = torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None]) for im, _, _ in batch])
+        x = torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None].to(dev)) for im, _, _ in batch])
         with torch.set_grad_enabled(not encoder_frozen):
             emb = sam.image_encoder(x)
         terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
