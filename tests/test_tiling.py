@@ -181,3 +181,16 @@ def test_corrupt_tile_is_named_and_spares_the_others(model, tmp_path):
         s.add_point((1700, 1700))
     assert {t for t in range(store.n_slices) if store.is_done(t)} >= good  # nothing else lost or marked done
     assert s.mask[300, 300] and not s.mask[1700, 1700]
+
+
+def test_edit_a_committed_object_on_a_tiled_image(model):
+    slide = SyntheticSlide((3000, 3000), density=0, extra=[(900, 1200, 120, 80, 0.2)])
+    image = slide.levels(1)[0].compute()
+    s = ps.Session(model, image)
+    s.add_point((900, 1200))
+    label = s.commit()
+    assert s.objects[-1]["bbox"][0][0] <= 900 < s.objects[-1]["bbox"][0][1]
+    s.edit(label)
+    s.add_point((900, 1200 + 60), positive=False)  # cut a piece off
+    assert s.commit() == label
+    assert s.labels[900, 1200] == label and (s.labels == label).sum() < (slide.labels(0, 3000, 0, 3000) > 0).sum()

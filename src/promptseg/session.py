@@ -285,7 +285,13 @@ class Session:
         The labels are not touched until :meth:`commit`, which then replaces the object's pixels and
         keeps its id.
         """
-        mask = self.labels == int(label_id)
+        box = next((o.get("bbox") for o in reversed(self.objects) if o["id"] == label_id), None) if self.tiled else None
+        if box is not None:  # a slide: look for the object only where it was committed
+            region = tuple(slice(a, b) for a, b in box)
+            mask = np.zeros(self.shape, dtype=bool)
+            mask[region] = self.labels[region] == int(label_id)
+        else:
+            mask = self.labels == int(label_id)
         if label_id <= 0 or not mask.any():
             raise PromptError(f"there is no object with id {label_id} in the labels")
         pred = self.set_mask(mask)
@@ -306,7 +312,10 @@ class Session:
             raise PromptError("nothing to commit: the current object is empty")
         if self.editing is not None:
             label_id = self.editing
-            self.labels[self.labels == label_id] = 0
+            old = next((o.get("bbox") for o in reversed(self.objects) if o["id"] == label_id), None) if self.tiled else None
+            region = tuple(slice(a, b) for a, b in old) if old else (slice(None),) * self.ndim
+            part = self.labels[region]
+            part[part == label_id] = 0
         else:
             label_id = int(self.labels.max(initial=0)) + 1
         labels = self._planes(self.labels)
@@ -317,7 +326,8 @@ class Session:
             target = labels[k, r0:r1, c0:c1]
             target[m if overwrite else (m & (target == 0))] = label_id
             m[:] = False
-        self.objects.append({"id": label_id, "prompts": self.prompts(), "edited": self.editing is not None})
+        bbox = [[b.start, b.stop] for b in self.bbox]
+        self.objects.append({"id": label_id, "prompts": self.prompts(), "edited": self.editing is not None, "bbox": bbox})
         self._states.clear()
         self._undo.clear()
         self._redo.clear()
