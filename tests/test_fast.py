@@ -110,7 +110,7 @@ def test_bf16_encoder_on_cpu(small_sam, rgb_image, tmp_path):
         ps.embed(rgb_image, bf, cache=tmp_path / "c.zarr")
 
 
-def test_stroke_map_and_native_squiggle_input(rgb_image, monkeypatch):
+def test_stroke_map_and_native_squiggle_input(rgb_image, small_sam, monkeypatch):
     from promptseg.prompts import stroke_map
 
     m = stroke_map([(np.array([[2.0, 1.0], [2.0, 6.0]]), True), (np.array([[5.0, 5.0]]), False)], lambda p: p, 8)
@@ -137,7 +137,7 @@ def test_stroke_map_and_native_squiggle_input(rgb_image, monkeypatch):
         sam.prompt_encoder.stroke_downscaling.layers[-1].bias.fill_(-5.0)
     s.reset()
     assert not np.array_equal(np.asarray(s.add_scribble([(150, 180), (150, 230)]).mask), zero) or not zero.any()
-    plain = ps.Session(ps.load_model("default"), rgb_image)
-    plain.model.decode = lambda *a, real=plain.model.decode: seen.append(a[6]) or real(*a)
-    plain.add_scribble([(150, 180), (150, 230)])
-    assert seen[-1] is None  # no native input: the squiggle goes as points only
+    plain_model = small_sam[0]  # an official-style SAM: no native squiggle input
+    monkeypatch.setattr(plain_model, "decode", lambda *a, real=plain_model.decode: seen.append(a[6]) or real(*a))
+    ps.Session(plain_model, rgb_image).add_scribble([(150, 180), (150, 230)])
+    assert not plain_model.has_strokes and seen[-1] is None  # the squiggle goes as points only
