@@ -271,10 +271,14 @@ def decode_tiles(session, state, max_tiles: int = MAX_TILES):
         low, iou = _decode_one(session, owner, pts, flags, None, None, (), True)
         pick = int(np.argmax(iou))
         lows[owner] = (low[pick : pick + 1], float(iou[pick]))
+    negatives, used = pts[~flags], {}
     while True:
         for t in sorted(active - set(lows)):
             mask_in = prev[t].low if t in prev else None
-            low, iou = _decode_one(session, t, pts, flags, state.box, mask_in, seeds.get(t, ()), multimask, state.scribbles)
+            r0, r1, c0, c1 = emb.extent(t)
+            vetoed = any(r0 <= r < r1 and c0 <= c < c1 for r, c in negatives)  # the user said "not here"
+            used[t] = () if vetoed else seeds.get(t, ())
+            low, iou = _decode_one(session, t, pts, flags, state.box, mask_in, used[t], multimask, state.scribbles)
             k = pick if len(low) > 1 else 0
             lows[t] = (low[k : k + 1], float(iou[k]))
         mask, origin = _stitch(session, lows)
@@ -282,10 +286,10 @@ def decode_tiles(session, state, max_tiles: int = MAX_TILES):
         if not grow:
             break
         for t, seed in list(grow.items())[: max_tiles - len(lows)]:
-            seeds[t] = (seed,)
+            seeds[t] = (seed,)  # a point where the object continues; dropped once a negative click lands there
             prev[t] = TileLogits(_lowres_of(session, t, mask, origin), ())
             active.add(t)
-    logits = {t: TileLogits(low, seeds.get(t, ())) for t, (low, _) in lows.items()}
+    logits = {t: TileLogits(low, used.get(t, ())) for t, (low, _) in lows.items()}
     score = float(np.mean([s for _, s in lows.values()]))
     bits, extent = pack(mask, origin) if mask.any() else (None, None)
     return replace(state, logits=logits, score=score, bits=bits, extent=extent)
