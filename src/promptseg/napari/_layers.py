@@ -55,7 +55,7 @@ class PromptLayers:
         if committed is None:
             committed = viewer.add_labels(self._levels(labels), name="committed objects", opacity=0.45, **kw)
         else:
-            committed.data = labels
+            committed.data = self._levels(labels)
         self.committed = committed
         size = max(4.0, max(shape[-2:]) / 50)
         self.shapes = viewer.add_shapes(ndim=self.ndim, name="prompt shapes", edge_color="yellow", face_color="transparent",
