@@ -42,11 +42,9 @@ def _load_image(spec: str):
         from .samples import load_sample
 
         return load_sample(spec.split(":", 1)[1])
-    from .io import pyramid_levels, read_image, read_pyramid
+    from .io import read_image_or_pyramid
 
-    if spec.lower().endswith((".tif", ".tiff", ".svs")) and Path(spec).is_file() and pyramid_levels(spec) > 1:
-        return read_pyramid(spec)  # a slide: every level, lazily
-    return read_image(spec, lazy=spec.lower().endswith((".tif", ".tiff", ".svs")))
+    return read_image_or_pyramid(spec)  # a slide: every level, lazily
 
 
 def _model(args):

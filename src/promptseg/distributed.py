@@ -34,11 +34,9 @@ def _model(name: str, checkpoint: str | None, device: str):
 def _load(source):
     """An image source: a file path (read lazily; a pyramidal TIFF as its list of levels) or an array."""
     if isinstance(source, (str, Path)):
-        from .io import pyramid_levels, read_image, read_pyramid
+        from .io import read_image_or_pyramid
 
-        if str(source).lower().endswith((".tif", ".tiff", ".svs")) and pyramid_levels(source) > 1:
-            return read_pyramid(source)[0]
-        return read_image(source, lazy=True)[0]
+        return read_image_or_pyramid(source, lazy=True)[0]
     return source
 
 

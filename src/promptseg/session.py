@@ -285,13 +285,9 @@ class Session:
         The labels are not touched until :meth:`commit`, which then replaces the object's pixels and
         keeps its id.
         """
-        box = next((o.get("bbox") for o in reversed(self.objects) if o["id"] == label_id), None) if self.tiled else None
-        if box is not None:  # a slide: look for the object only where it was committed
-            region = tuple(slice(a, b) for a, b in box)
-            mask = np.zeros(self.shape, dtype=bool)
-            mask[region] = self.labels[region] == int(label_id)
-        else:
-            mask = self.labels == int(label_id)
+        region = self._committed_region(int(label_id))
+        mask = np.zeros(self.shape, dtype=bool)
+        mask[region] = self.labels[region] == int(label_id)
         if label_id <= 0 or not mask.any():
             raise PromptError(f"there is no object with id {label_id} in the labels")
         pred = self.set_mask(mask)
@@ -312,9 +308,7 @@ class Session:
             raise PromptError("nothing to commit: the current object is empty")
         if self.editing is not None:
             label_id = self.editing
-            old = next((o.get("bbox") for o in reversed(self.objects) if o["id"] == label_id), None) if self.tiled else None
-            region = tuple(slice(a, b) for a, b in old) if old else (slice(None),) * self.ndim
-            part = self.labels[region]
+            part = self.labels[self._committed_region(label_id)]
             part[part == label_id] = 0
         else:
             label_id = int(self.labels.max(initial=0)) + 1
@@ -339,6 +333,12 @@ class Session:
         return prompts_json(self._states)
 
     # -- internals --------------------------------------------------------------------------
+    def _committed_region(self, label_id: int) -> tuple:
+        """Where committed object ``label_id`` can be: its recorded box on a tiled image (a slide, whose
+        labels are too big to scan), else the whole image."""
+        box = next((o.get("bbox") for o in reversed(self.objects) if o["id"] == label_id), None) if self.tiled else None
+        return tuple(slice(a, b) for a, b in box) if box else (slice(None),) * self.ndim
+
     def _plane_shape(self) -> tuple[int, int]:
         return self.shape if self.ndim == 2 else tuple(s for i, s in enumerate(self.shape) if i != self.axis)
 

@@ -119,9 +119,7 @@ class TiledEmbedder(Embedder):
     def __init__(self, model, image, *, level: int | None = None, tile_shape=None, overlap=None, modality=None,
                  window=None, rgb=None):
         levels = list(image) if isinstance(image, (list, tuple)) else [image]
-        level = 0 if level is None else int(level)
-        if not 0 <= level < len(levels):
-            raise ImageError(f"pyramid level {level} does not exist: the image has level(s) 0..{len(levels) - 1}")
+        level = _check_level(levels, level)
         self.model, self.image, self.level, self.data = model, image, level, levels[level]
         self.spatial, self.rgb = spatial_shape(levels[0], rgb)
         plane, _ = spatial_shape(self.data, self.rgb)
@@ -137,6 +135,7 @@ class TiledEmbedder(Embedder):
         self.frame = self.tile_frame(0)  # every tile has this input size; the last ones may differ in extent
         self._data_hash: str | None = None
         self._hashes: dict[int, bytes] = {}
+        self.weights: dict[tuple, np.ndarray] = {}  # blending weights by tile class, see _weights
 
     @property
     def n_slices(self) -> int:
@@ -219,17 +218,24 @@ def make_embedder(model, image, *, axis=None, level=None, tile_shape="auto", ove
     if axis not in (None, 0):
         raise ImageError(f"axis={axis} given for a 2D image of shape {tuple(base.shape)}")
     kw = dict(modality=modality, window=window, rgb=rgb_flag)
+    levels = list(image) if pyramid else [image]
+    lv = _check_level(levels, level)
+    plane = spatial_shape(levels[lv], rgb_flag)[0]
     if tile_shape == "auto":
-        data = image[level or 0] if pyramid and level is not None and 0 <= level < len(image) else base
-        tile_shape = default_tile(model) if max(spatial_shape(data, rgb_flag)[0]) > 2 * default_tile(model) else None
-    if tile_shape is None and not pyramid and not level:
+        tile_shape = default_tile(model) if max(plane) > 2 * default_tile(model) else None
+    if tile_shape is None and not pyramid and not lv:
         return Embedder(model, image, **kw)
     if tile_shape is None:  # one tile holding the whole level
-        levels = list(image) if pyramid else [image]
-        lv = 0 if level is None else level
-        tile_shape = spatial_shape(levels[lv], rgb_flag)[0] if 0 <= lv < len(levels) else 1024
-        overlap = 0
+        tile_shape, overlap = plane, 0
     return TiledEmbedder(model, image, level=level, tile_shape=tile_shape, overlap=overlap, **kw)
+
+
+def _check_level(levels: list, level) -> int:
+    """The pyramid level to use (0 when None); ImageError when it does not exist."""
+    level = 0 if level is None else int(level)
+    if not 0 <= level < len(levels):
+        raise ImageError(f"pyramid level {level} does not exist: the image has level(s) 0..{len(levels) - 1}")
+    return level
 
 
 # -- prompting across tiles -------------------------------------------------------------------------
@@ -346,9 +352,17 @@ def _decode_one(session, t, pts, flags, box, mask_in, seeds, multimask, scribble
 
 def _weights(emb: TiledEmbedder, t: int) -> np.ndarray:
     """(h, w) blending weights of tile ``t``: 1 inside, falling linearly to ~0 over half the overlap
-    towards edges shared with other tiles (edges on the image border keep weight 1)."""
+    towards edges shared with other tiles (edges on the image border keep weight 1). Tiles of the same
+    size and position class (inner, edge, corner) share one array."""
     r0, r1, c0, c1 = emb.extent(t)
     (h, w) = emb.spatial
+    key = (r1 - r0, c1 - c0, r0 > 0, r1 < h, c0 > 0, c1 < w)
+    if key not in emb.weights:
+        emb.weights[key] = _ramp(emb, *key)
+    return emb.weights[key]
+
+
+def _ramp(emb: TiledEmbedder, n_rows: int, n_cols: int, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
     ramp = max(emb.plan.overlap * min(emb.scale) / 2.0, 1.0)
 
     def axis(n, lo_inner, hi_inner):
@@ -356,7 +370,7 @@ def _weights(emb: TiledEmbedder, t: int) -> np.ndarray:
         d = np.minimum(i if lo_inner else np.inf, (n - i) if hi_inner else np.inf) * np.ones(n, np.float32)
         return np.clip(d / ramp, 1e-3, 1.0).astype(np.float32)
 
-    return axis(r1 - r0, r0 > 0, r1 < h)[:, None] * axis(c1 - c0, c0 > 0, c1 < w)[None, :]
+    return axis(n_rows, top, bottom)[:, None] * axis(n_cols, left, right)[None, :]
 
 
 def _stitch(session, lows: dict) -> tuple[np.ndarray, tuple[int, int]]:

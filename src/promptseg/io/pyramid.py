@@ -52,6 +52,17 @@ def read_pyramid(path: str | Path) -> tuple[list[Any], ImageMeta]:
     return levels, meta
 
 
+def read_image_or_pyramid(path: str | Path, *, lazy: bool = False) -> tuple[Any, ImageMeta]:
+    """A TIFF/SVS with several resolution levels as :func:`read_pyramid` (a list of lazy levels), anything
+    else as :func:`~promptseg.io.read_image`; TIFF/SVS files are read lazily either way."""
+    from promptseg.io.readers import read_image
+
+    tiff = str(path).lower().endswith((".tif", ".tiff", ".svs"))
+    if tiff and Path(path).is_file() and pyramid_levels(path) > 1:
+        return read_pyramid(path)
+    return read_image(path, lazy=lazy or tiff)
+
+
 def pyramid_levels(path: str | Path) -> int:
     """How many resolution levels a TIFF/SVS file holds (1 for a plain TIFF); 0 if it is not readable."""
     import tifffile

@@ -86,14 +86,17 @@ def read_image_layer(path: str | list[str]) -> list[LayerData]:
     data, meta = read_image(path)
     ext = _suffix(path, IMAGE_SUFFIXES) or ""
     name = Path(path).name
-    name = name[: len(name) - len(ext)] or name
-    kwargs = {
+    return [(data, _image_kwargs(name[: len(name) - len(ext)] or name, meta, path), "image")]
+
+
+def _image_kwargs(name: str, meta: ImageMeta, path: str) -> dict:
+    """Layer kwargs of an image read from ``path``: name, scale (the spacing), rgb and promptseg metadata."""
+    return {
         "name": name,
         "scale": tuple(float(s) for s in meta.spacing),
         "rgb": meta.rgb,
         "metadata": {"promptseg_meta": meta, "promptseg_path": str(path)},
     }
-    return [(data, kwargs, "image")]
 
 
 def read_pyramid_layer(path: str | list[str]) -> list[LayerData]:
@@ -107,15 +110,7 @@ def read_pyramid_layer(path: str | list[str]) -> list[LayerData]:
     """
     path = _unwrap(path)
     levels, meta = read_pyramid(path)
-    name = Path(path).name.split(".")[0]
-    kwargs = {
-        "name": name,
-        "multiscale": True,
-        "scale": tuple(float(s) for s in meta.spacing),
-        "rgb": meta.rgb,
-        "metadata": {"promptseg_meta": meta, "promptseg_path": str(path)},
-    }
-    return [(levels, kwargs, "image")]
+    return [(levels, {**_image_kwargs(Path(path).name.split(".")[0], meta, path), "multiscale": True}, "image")]
 
 
 def read_project(path: str | list[str]) -> list[LayerData]:
@@ -218,12 +213,7 @@ def sample_coins() -> list[LayerData]:
 
 def sample_slide() -> list[LayerData]:
     """Synthetic H&E-like whole slide, RGB uint8 ``(20000, 20000, 3)``, 6 lazy pyramid levels."""
-    from promptseg.samples import load_sample
-
-    levels, meta = load_sample("slide")
-    kwargs = {"name": "slide", "rgb": True, "multiscale": True, "scale": tuple(float(v) for v in meta.spacing),
-              "metadata": {"promptseg_meta": meta, "promptseg_sample": "slide"}}
-    return [(levels, kwargs, "image")]
+    return _sample("slide", rgb=True, multiscale=True)
 
 
 def sample_large_2d() -> list[LayerData]:
