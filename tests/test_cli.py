@@ -150,7 +150,8 @@ def test_bench_prints_ratios_against_segment_anything(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "encoder ms / image" in text and "decoder ms / click" in text and "ratio" in text
     info = json.loads(out.read_text())
-    (enc, dec) = info["rows"][:2]
+    (enc, dec, corr) = info["rows"][:3]
     assert float(enc[4].split()[-1]) > 0.999  # embeddings agree with SamPredictor's
-    assert float(dec[4].split()[-1]) > 0.999  # and so do the masks
-    assert all(v > 0 for v in enc[1:4] + dec[1:4])
+    assert float(dec[4].split()[-1]) > 0.999  # and so do the masks, on a first click
+    assert corr[0] == "decoder ms / correction click" and float(corr[4].split()[-1]) > 0.999  # and a second one
+    assert all(v > 0 for v in enc[1:4] + dec[1:4] + corr[1:4])

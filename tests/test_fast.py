@@ -141,3 +141,31 @@ def test_stroke_map_and_native_squiggle_input(rgb_image, small_sam, monkeypatch)
     monkeypatch.setattr(plain_model, "decode", lambda *a, real=plain_model.decode: seen.append(a[6]) or real(*a))
     ps.Session(plain_model, rgb_image).add_scribble([(150, 180), (150, 230)])
     assert not plain_model.has_strokes and seen[-1] is None  # the squiggle goes as points only
+
+
+@pytest.mark.parametrize("low_n, size, original", [(64, 256, (1024, 1024)), (64, 256, (300, 517)),
+                                                   (256, 1024, (700, 1500)), (256, 1024, (37, 2000))])
+def test_mask_over_the_reachable_region_equals_the_full_upscale(low_n, size, original):
+    """Session masks are computed only where the object can be; they must equal the full upscale's."""
+    import torch.nn.functional as F
+
+    from promptseg.models.resize import axis_map, mask_crop
+
+    rng = np.random.default_rng(low_n + original[1])
+    s = size / max(original)
+    inp = (int(original[0] * s + 0.5), int(original[1] * s + 0.5))
+    rows, cols = axis_map(low_n, size, inp[0], original[0]), axis_map(low_n, size, inp[1], original[1])
+    rr, cc = np.mgrid[:low_n, :low_n]
+    assert mask_crop(np.full((low_n, low_n), -1.0, np.float32), rows, cols, 0.0) is None
+    for _ in range(5):
+        r, c, sd = rng.integers(0, low_n), rng.integers(0, low_n), rng.uniform(1, low_n / 6)
+        low = (rng.normal(size=(low_n, low_n)) * 3 - 6 + 12 * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * sd**2)))
+        low = low.astype(np.float32)
+        t = F.interpolate(torch.from_numpy(low)[None, None], (size, size), mode="bilinear", align_corners=False)
+        want = F.interpolate(t[..., : inp[0], : inp[1]], original, mode="bilinear", align_corners=False)[0, 0] > 0
+        got = np.zeros(original, bool)
+        hit = mask_crop(low, rows, cols, 0.0)
+        if hit is not None:
+            crop, (r0, c0) = hit
+            got[r0 : r0 + crop.shape[0], c0 : c0 + crop.shape[1]] = crop
+        np.testing.assert_array_equal(got, want.numpy())

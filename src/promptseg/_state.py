@@ -94,6 +94,13 @@ def pack(mask: np.ndarray, offset: tuple[int, int] = (0, 0)):
     return np.packbits(mask[r0:r1, c0:c1]), (r0 + offset[0], r1 + offset[0], c0 + offset[1], c1 + offset[1])
 
 
+def pack_crop(hit) -> tuple:
+    """``PromptModel.mask``'s (bool crop, (row, col) origin) or None -> (bits, extent); (None, None) if empty."""
+    if hit is None or not hit[0].any():
+        return None, None
+    return pack(hit[0], hit[1])
+
+
 def unpack(bits: np.ndarray, extent: tuple) -> np.ndarray:
     """Inverse of :func:`pack`: bool crop of shape (r1 - r0, c1 - c0)."""
     r0, r1, c0, c1 = extent

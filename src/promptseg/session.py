@@ -16,7 +16,7 @@ import numpy as np
 
 from .embeddings import Embedder, EmbeddingStore, fill, open_store
 from .errors import CacheError, ImageError, PromptError
-from ._state import EMPTY, SliceState, insert_axis, pack, points_of, prompts_json, strokes_for, unpack
+from ._state import EMPTY, SliceState, insert_axis, pack, pack_crop, points_of, prompts_json, strokes_for, unpack
 from .tiling import TiledEmbedder, decode_tiles, make_embedder, mask_to_tiles
 from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice
 
@@ -404,8 +404,7 @@ class Session:
         strokes = strokes_for(self.model, self.frame, state.scribbles)
         low, iou = self.model.decode(self._features(k), xy, labels, box, state.logits, multimask, strokes)
         best = int(np.argmax(iou)) if multimask else 0
-        full = self.model.upscale(low[best], self.frame.input, self.frame.original) > self.threshold
-        bits, extent = pack(full) if full.any() else (None, None)
+        bits, extent = pack_crop(self.model.mask(low[best], self.frame.input, self.frame.original, self.threshold))
         return replace(state, logits=low[best : best + 1].copy(), score=float(iou[best]), bits=bits, extent=extent)
 
     def _apply(self, step: dict, record: bool) -> Prediction:

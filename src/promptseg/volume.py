@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._state import EMPTY, SliceState, pack, plane_mask
+from ._state import EMPTY, SliceState, pack_crop, plane_mask
 from .errors import PromptError
 
 
@@ -56,8 +56,8 @@ def _blend(session, j: int, a: int, c: int, fwd: SliceState, bwd: SliceState) ->
     """Mix the logits of the walks from key slices ``a`` (below) and ``c`` (above) on slice ``j``."""
     w = (j - a) / (c - a)
     logits = ((1 - w) * fwd.logits + w * bwd.logits).astype(np.float32)
-    full = session.model.upscale(logits[0], session.frame.input, session.frame.original) > session.threshold
-    bits, extent = pack(full) if full.any() else (None, None)
+    bits, extent = pack_crop(session.model.mask(logits[0], session.frame.input, session.frame.original,
+                                                 session.threshold))
     return SliceState(logits=logits, score=(1 - w) * fwd.score + w * bwd.score, bits=bits, extent=extent)
 
 

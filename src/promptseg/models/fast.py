@@ -3,11 +3,14 @@
 Decoder (:class:`FastDecoder`, every click): the prompt encoder and mask decoder of one prompt set on one
 image, written out for batch 1. Nothing image-sized is copied per prompt set (segment-anything repeats
 the embedding); the dense positional encoding and its projections are computed once per model, so each
-image-sized projection is one matrix product, proj(x + pos) = x W^T + (pos W^T + b); the attention
-between the few prompt tokens and the g*g image tokens is laid out (heads, tokens, g*g) so that the
-softmax runs over contiguous rows; and the two 2x2 transposed convolutions of the upscaling are
-per-pixel matrix products whose outputs are never laid out as an image (only the final masks are).
-Logits match segment-anything's to ~1e-7. Measured with ``promptseg bench`` (``benchmarks/RESULTS.md``).
+image-sized projection is one matrix product, proj(x + pos) = x W^T + (pos W^T + b). With a handful of
+prompt tokens (heads x tokens below the attention width) the g*g image tokens are not projected at all:
+the few token-side vectors are taken into the image's channel space instead (``_to_image``,
+``_to_tokens``), less than half the arithmetic. The attention between prompt and image tokens is laid
+out (heads, tokens, g*g) so that the softmax runs over contiguous rows; the two 2x2 transposed
+convolutions of the upscaling are per-pixel matrix products whose outputs are never laid out as an
+image; only the masks that are returned are computed. Logits match segment-anything's to ~3e-7.
+Measured with ``promptseg bench`` (``benchmarks/RESULTS.md``).
 
 Encoder (:func:`fast_attention`, once per image): the ViT's global-attention blocks materialise a
 (tokens x tokens) score matrix per head plus the decomposed relative-position bias. The bias is a sum of
@@ -78,47 +81,72 @@ class FastDecoder:
         b, c, gh, gw = features.shape
         keys = (features + dense).flatten(2).permute(0, 2, 1)
         queries, keys = self._transformer(tokens, keys)
-        hyper = torch.stack([mlp(queries[:, 1 + i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
+        wanted = range(1, md.num_mask_tokens) if multimask else range(1)  # only the masks returned
+        hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in wanted], dim=1)
         low = _masks_from_tokens(md.output_upscaling, keys.reshape(b, gh, gw, c), hyper) if gh == gw else None
         if low is None:  # another upscaling layout: the module itself
             up = md.output_upscaling(keys.transpose(1, 2).reshape(b, c, gh, gw))
             low = (hyper @ up.flatten(2)).reshape(b, -1, *up.shape[-2:])
         iou = md.iou_prediction_head(queries[:, 0])
-        sl = slice(1, None) if multimask else slice(0, 1)
-        return low[:, sl], iou[:, sl]
+        return low, iou[:, wanted.start : wanted.stop]
 
     def _to_image(self, a, i, q, keys):
         """Token->image attention ``a`` (projections ``self.kv[i]``): q (1, T, C) tokens, keys (N, C).
 
-        Keys and values are produced transposed, (h, d, N), so the softmax runs over contiguous rows.
+        With few tokens (h*T < D) the image tokens are never projected: the queries are taken into the
+        image's channel space instead, q_h K_h^T = (q_h W_k,h) keys^T + q_h Kpos_h^T with the constant
+        Kpos = pos W_k^T + b_k, and P V_h = (P keys) W_v,h^T + b_v (softmax rows sum to one); that is
+        h*T*C*N work per product instead of D*C*N. Otherwise keys and values are produced transposed,
+        (h, d, N), so the softmax runs over contiguous rows.
         """
         w, bias = self.kv[i]
         h = a.num_heads
-        kvt = torch.addmm(bias, w, keys.t())  # (2D, N)
-        d = kvt.shape[0] // (2 * h)
-        kt, vt = kvt[: h * d].view(h, d, -1), kvt[h * d :].view(h, d, -1)
+        dd = w.shape[0] // 2
+        d = dd // h
         qh = a.q_proj(q[0]).view(-1, h, d).transpose(0, 1) * d**-0.5  # (h, T, d)
-        p = torch.softmax(torch.bmm(qh, kt), dim=-1)  # (h, T, N)
-        out = torch.bmm(p, vt.transpose(1, 2))  # (h, T, d)
+        t = qh.shape[1]
+        if h * t < dd:
+            kpos = bias[:dd].view(h, d, -1)  # (h, d, N)
+            qk = torch.bmm(qh, w[:dd].view(h, d, -1)).view(h * t, -1)  # (h*T, C): one product over all heads
+            s = torch.addmm(torch.bmm(qh, kpos).view(h * t, -1), qk, keys.t())  # (h*T, N)
+            p = torch.softmax(s, dim=-1)
+            pk = torch.mm(p, keys).view(h, t, -1)  # (h, T, C)
+            out = torch.bmm(pk, w[dd:].view(h, d, -1).transpose(1, 2)) + a.v_proj.bias.view(h, 1, d)  # (h, T, d)
+        else:
+            kvt = torch.addmm(bias, w, keys.t())  # (2D, N)
+            kt, vt = kvt[:dd].view(h, d, -1), kvt[dd:].view(h, d, -1)
+            p = torch.softmax(torch.bmm(qh, kt), dim=-1)  # (h, T, N)
+            out = torch.bmm(p, vt.transpose(1, 2))  # (h, T, d)
         return a.out_proj(out.transpose(0, 1).reshape(1, q.shape[1], -1))
 
     def _to_tokens(self, a, i, keys, q, v):
         """Image->token attention ``a`` plus its residual: keys (N, C) attend to the T tokens -> keys + out.
 
-        With a handful of tokens, a fused attention kernel (and a softmax over rows of T values) is slow;
-        here the scores are laid out (heads, T, N) so that the softmax reduces over T across contiguous
-        rows of N, and nothing image-sized is transposed.
+        The scores are laid out (heads, T, N) so that the softmax reduces over T across contiguous rows of
+        N, and nothing image-sized is transposed. With few tokens (h*T < D) the image queries are never
+        projected either: k_h Q_h^T = (k_h W_q,h) keys^T + k_h Qpos_h^T (Qpos = pos W_q^T + b_q, constant),
+        and the output projection is folded into the values, out_proj(S^T V) = S^T (V_h W_o,h^T) + b_o.
         """
         w, bias = self.q[i]
         h = a.num_heads
-        qt = torch.addmm(bias, w, keys.t())  # (D, N) = (h, d, N)
-        d = qt.shape[0] // h
+        d = w.shape[0] // h
         k = a.k_proj(q[0]).view(-1, h, d).transpose(0, 1) * d**-0.5  # (h, T, d)
-        s = torch.bmm(k, qt.view(h, d, -1))  # (h, T, N)
+        t = k.shape[1]
+        few = h * t < w.shape[0]
+        if few:
+            kq = torch.bmm(k, w.view(h, d, -1)).view(h * t, -1)  # (h*T, C)
+            s = torch.addmm(torch.bmm(k, bias.view(h, d, -1)).view(h * t, -1), kq, keys.t()).view(h, t, -1)
+        else:
+            qt = torch.addmm(bias, w, keys.t())  # (D, N) = (h, d, N)
+            s = torch.bmm(k, qt.view(h, d, -1))  # (h, T, N)
         s = (s - s.amax(1, keepdim=True)).exp_()
         s = s / s.sum(1, keepdim=True)
-        vt = a.v_proj(v[0]).view(-1, h, d).permute(1, 2, 0)  # (h, d, T)
-        out = torch.bmm(vt, s).view(h * d, -1)  # (D, N)
+        vt = a.v_proj(v[0]).view(-1, h, d).transpose(0, 1)  # (h, T, d)
+        if few:
+            wo = a.out_proj.weight.view(-1, h, d).permute(1, 2, 0)  # (h, d, C)
+            vo = torch.bmm(vt, wo).reshape(h * t, -1)  # (h*T, C)
+            return torch.addmm(keys, s.reshape(h * t, -1).t(), vo).add_(a.out_proj.bias)
+        out = torch.bmm(vt.transpose(1, 2), s).view(h * d, -1)  # (D, N)
         return torch.addmm(keys, out.t(), a.out_proj.weight.t()).add_(a.out_proj.bias)  # residual in the product
 
     def _transformer(self, point_embedding, keys):

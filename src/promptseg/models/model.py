@@ -2,7 +2,8 @@
 
 It is the only place that calls the torch modules: ``encode`` turns resized uint8 RGB images into
 embeddings, ``decode`` turns prompts in the encoder's input frame into low-resolution logits, and
-``upscale`` brings logits back to full resolution exactly as ``Sam.postprocess_masks`` does.
+``upscale`` brings logits back to full resolution exactly as ``Sam.postprocess_masks`` does (``mask`` does
+the same and thresholds, computing only the region the object can reach).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from .fast import FastDecoder, fast_attention
+from .resize import axis_map, mask_crop, reach
 from .registry import ModelSpec
 
 
@@ -173,3 +175,21 @@ class PromptModel:
         if tuple(input_hw) != tuple(original_hw):  # (the same size: that step is an exact copy, skip it)
             out = F.interpolate(out, tuple(original_hw), mode="bilinear", align_corners=False)
         return out[0, 0].cpu().numpy()
+
+    def mask(self, logits: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int], threshold: float):
+        """``upscale(logits) > threshold`` as (bool crop, (row, col) origin in the original frame), or None.
+
+        Evaluated only over the rows and columns that the low-resolution logits above the threshold can
+        reach (``models/resize.py``), so a click on a large image costs in proportion to the object.
+        """
+        size, low = self.sam.image_encoder.img_size, logits.shape[-1]
+        rows = axis_map(low, size, int(input_hw[0]), int(original_hw[0]))
+        cols = axis_map(low, size, int(input_hw[1]), int(original_hw[1]))
+        where = reach(logits, rows, cols, threshold)
+        if where is None:
+            return None
+        r0, r1, c0, c1 = where[0]
+        if 4 * (r1 - r0) * (c1 - c0) > original_hw[0] * original_hw[1]:
+            # a large object: one interpolation kernel over the whole plane is cheaper than the products
+            return self.upscale(logits, input_hw, original_hw)[r0:r1, c0:c1] > threshold, (r0, c0)
+        return mask_crop(logits, rows, cols, threshold, where)

@@ -6,7 +6,7 @@ negative in a false-positive one), fed through ``Session.add_point`` so that the
 back as the Session does; separately, a box at the object's exact bounding box (``Session.add_box``) and
 a squiggle along the object's long axis through its innermost pixel (``Session.add_scribble``, the
 stroke of :func:`promptseg.evaluate.squiggle`). Reported: mean Dice after 1 and 3 clicks, with the box,
-and with the squiggle.
+and with the squiggle; and `promptseg evaluate`'s 20-click protocol (Dice curve, NoC@85/90) per start.
 
 Data: held-out synthetic draws (seeds never used in training) and scikit-image's ``coins()``, labelled
 with the watershed recipe of scikit-image's own coins tutorial (Sobel elevation map, markers at grey < 30
@@ -91,13 +91,36 @@ def summarise(results: list[dict]) -> dict:
             "frac_1click_dice_gt_0.8": float((clicks[:, 0] > 0.8).mean())}
 
 
+def click_protocol(model, pairs, max_clicks: int = 20) -> dict:
+    """``promptseg evaluate``'s protocol (:func:`promptseg.evaluate.evaluate`) on (image, gt) pairs, per start.
+
+    Returns {start: {"dice": mean Dice after the start prompt and each of ``max_clicks`` clicks,
+    "noc85", "noc90": mean prompts to reach that IoU (start prompt = 1), "never_falls": whether the mean
+    curve never decreases}} for starts click, box and squiggle.
+    """
+    from ..evaluate import evaluate
+
+    cases = [(f"synthetic {i}", im, gt.astype(np.int32), None) for i, (im, gt) in enumerate(pairs)]
+    out = {}
+    for start in ("click", "box", "squiggle"):
+        mean = evaluate(model, cases, start=start, max_clicks=max_clicks)["mean"]
+        d = mean["dice"]
+        out[start] = {"dice": [round(v, 4) for v in d], "noc85": mean["noc85"], "noc90": mean["noc90"],
+                      "never_falls": bool(np.all(np.diff(d) >= -1e-9))}
+    return out
+
+
 def run(model, n_synthetic: int = 100, png: str | None = None) -> dict:
     """Evaluate ``model`` on held-out synthetic data and on coins; optionally draw coins predictions to ``png``."""
     t0 = time.perf_counter()
-    syn = [evaluate_object(model, im, gt) for im, gt in synthetic_set(n_synthetic)]
+    pairs = synthetic_set(n_synthetic)
+    syn = [evaluate_object(model, im, gt) for im, gt in pairs]
     im, lab = coins_labels()
     coins = [evaluate_object(model, im, lab == k) for k in range(1, lab.max() + 1)]
-    report = {"synthetic": summarise(syn), "coins": summarise(coins), "seconds": time.perf_counter() - t0}
+    report = {"synthetic": summarise(syn), "coins": summarise(coins),
+              "synthetic_20_clicks": click_protocol(model, pairs),
+              "coins_20_clicks": click_protocol(model, [(im, lab == k) for k in range(1, lab.max() + 1)]),
+              "seconds": time.perf_counter() - t0}
     if png:
         _draw(im, lab, coins, png)
     return report
