@@ -104,14 +104,22 @@ class Embedder:
         """Per-slice pixel hash kept next to the embedding (tiled images only; None here)."""
         return None
 
+    def prepare(self, i: int) -> np.ndarray:
+        """Slice ``i`` read, checked and preprocessed: the uint8 (h, w, 3) encoder input (thread-safe)."""
+        sl = self.raw_slice(i)
+        check_finite(sl)
+        return self.frame.resize(self.intensity.apply(sl))
+
     def compute(self, indices) -> np.ndarray:
         """Embed slices ``indices`` in one encoder batch -> float16 (B, C, g, g) numpy array."""
-        images = []
-        for i in indices:
-            sl = self.raw_slice(i)
-            check_finite(sl)
-            images.append(self.frame.resize(self.intensity.apply(sl)))
-        return self.model.encode(images).to("cpu").numpy().astype(np.float16)
+        return encode_half(self.model, [self.prepare(i) for i in indices])
+
+
+def encode_half(model, images: list[np.ndarray]) -> np.ndarray:
+    """One encoder batch -> float16 (B, C, g, g) numpy array (cast on the device: half the transfer)."""
+    import torch
+
+    return model.encode(images).to(torch.float16).cpu().numpy()
 
 
 class EmbeddingStore:
@@ -295,32 +303,63 @@ def open_store(embedder: Embedder, cache=None, *, overwrite=False) -> EmbeddingS
 
 
 def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None, progress: Progress | None = None) -> None:
-    """Embed ``indices`` into ``store`` batch by batch (peak memory: one batch).
+    """Embed ``indices`` into ``store`` batch by batch (memory: a few batches).
 
-    A batch that runs out of GPU memory is split in halves and retried, and the smaller batch size is
-    kept for the rest of the run; a single slice that does not fit raises :class:`ModelError`.
+    Reading and preprocessing run ahead in background threads (two batches deep) and finished slices are
+    written by background threads, so the encoder never waits for the disk on either side; each slice's
+    done flag is still written after its features. A batch that runs out of GPU memory is split in halves
+    and retried, and the smaller batch size is kept for the rest of the run; a single slice that does not
+    fit raises :class:`ModelError`. ``progress(done, total)`` follows the written slices.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     indices = [i for i in indices if not store.is_done(i)]
     if batch_size is None:
         batch_size = 1 if embedder.model.device.type == "cpu" else 8
-    total, done, start = len(indices), 0, 0
-    while start < total:
-        chunk = indices[start : start + batch_size]
+    total, start, queued, written = len(indices), 0, 0, 0
+    inputs, writes = {}, []
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="promptseg-read") as readers, \
+            ThreadPoolExecutor(2, thread_name_prefix="promptseg-write") as writers:
         try:
-            feats = embedder.compute(chunk)
-        except _oom_errors() as e:
-            if len(chunk) == 1:
-                raise ModelError(f"out of {embedder.model.device.type.upper()} memory embedding one slice with "
-                                 f"{embedder.model.name}; free memory, use a smaller model or device='cpu'") from e
-            _free_cache()
-            batch_size = max(1, len(chunk) // 2)
-            continue
-        for i, f in zip(chunk, feats):
-            store.put(i, f, embedder.slice_hash(i))
-        done += len(chunk)
-        start += len(chunk)
-        if progress is not None:
-            progress(done, total)
+            while start < total:
+                while queued < min(start + 2 * batch_size, total):  # keep two batches in preparation
+                    inputs[indices[queued]] = readers.submit(embedder.prepare, indices[queued])
+                    queued += 1
+                chunk = indices[start : start + batch_size]
+                images = [inputs[i].result() for i in chunk]  # a reading error surfaces here, as raised
+                try:
+                    feats = encode_half(embedder.model, images)
+                except _oom_errors() as e:
+                    if len(chunk) == 1:
+                        raise ModelError(f"out of {embedder.model.device.type.upper()} memory embedding one slice "
+                                         f"with {embedder.model.name}; free memory, use a smaller model or "
+                                         "device='cpu'") from e
+                    _free_cache()
+                    batch_size = max(1, len(chunk) // 2)
+                    continue
+                for i, f in zip(chunk, feats):
+                    del inputs[i]
+                    writes.append(writers.submit(store.put, i, f, embedder.slice_hash(i)))
+                start += len(chunk)
+                # wait for the writes at the end, or when they fall behind (their features are in memory)
+                writes, finished = _settle(writes, wait=start == total or len(writes) > 4 * batch_size)
+                written += finished
+                if progress is not None and finished:
+                    progress(written, total)
+        finally:
+            for f in inputs.values():
+                f.cancel()
+
+
+def _settle(writes: list, wait: bool = False) -> tuple[list, int]:
+    """Re-raise a failed write -> (writes still pending, number finished); ``wait``: all of them."""
+    pending = []
+    for w in writes:
+        if wait or w.done():
+            w.result()
+        else:
+            pending.append(w)
+    return pending, len(writes) - len(pending)
 
 
 def _oom_errors() -> tuple:

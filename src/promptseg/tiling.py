@@ -168,14 +168,11 @@ class TiledEmbedder(Embedder):
             self._hashes[t] = _tile_hash(self.raw_slice(t))
         return self._hashes[t]
 
-    def compute(self, indices) -> np.ndarray:
-        images = []
-        for t in indices:
-            sl = self.raw_slice(t)
-            check_finite(sl, f"tile {t} of the image")
-            self._hashes[t] = _tile_hash(sl)
-            images.append(self.frame.resize(self.intensity.apply(sl)))
-        return self.model.encode(images).to("cpu").numpy().astype(np.float16)
+    def prepare(self, t: int) -> np.ndarray:
+        sl = self.raw_slice(t)
+        check_finite(sl, f"tile {t} of the image")
+        self._hashes[t] = _tile_hash(sl)
+        return self.frame.resize(self.intensity.apply(sl))
 
     def data_hash(self) -> str:
         """Shape, dtype and the pixels of the first and the middle tile (every tile is checked on use)."""
