@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -305,21 +306,21 @@ def open_store(embedder: Embedder, cache=None, *, overwrite=False) -> EmbeddingS
 def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None, progress: Progress | None = None) -> None:
     """Embed ``indices`` into ``store`` batch by batch (memory: a few batches).
 
-    Reading and preprocessing run ahead in background threads (two batches deep) and finished slices are
-    written by background threads, so the encoder never waits for the disk on either side; each slice's
-    done flag is still written after its features. A batch that runs out of GPU memory is split in halves
+    On a GPU, reading and preprocessing run ahead in background threads (two batches deep) and finished
+    slices are written by background threads, so the encoder never waits for the disk on either side; on
+    the CPU, whose cores the encoder already uses, the same steps run in turn (threads there cost ~15 %
+    throughput on 2 cores). Each slice's done flag is written after its features. A batch that runs out of GPU memory is split in halves
     and retried, and the smaller batch size is kept for the rest of the run; a single slice that does not
     fit raises :class:`ModelError`. ``progress(done, total)`` follows the written slices.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     indices = [i for i in indices if not store.is_done(i)]
     if batch_size is None:
         batch_size = 1 if embedder.model.device.type == "cpu" else 8
     total, start, queued, written = len(indices), 0, 0, 0
     inputs, writes = {}, []
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="promptseg-read") as readers, \
-            ThreadPoolExecutor(2, thread_name_prefix="promptseg-write") as writers:
+    overlap = embedder.model.device.type != "cpu"
+    with (ThreadPoolExecutor(min(4, os.cpu_count() or 1)) if overlap else _Inline()) as readers, \
+            (ThreadPoolExecutor(2) if overlap else _Inline()) as writers:
         try:
             while start < total:
                 while queued < min(start + 2 * batch_size, total):  # keep two batches in preparation
@@ -349,6 +350,24 @@ def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None,
         finally:
             for f in inputs.values():
                 f.cancel()
+
+
+class _Inline:
+    """An executor that runs each call at once, in the caller's thread (fill's CPU path)."""
+
+    def submit(self, fn, *args) -> Future:
+        f = Future()
+        try:
+            f.set_result(fn(*args))
+        except Exception as e:  # kept for .result(), like a thread pool would
+            f.set_exception(e)
+        return f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 def _settle(writes: list, wait: bool = False) -> tuple[list, int]:

@@ -79,7 +79,7 @@ class FastDecoder:
         tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)[None]
         tokens = torch.cat([tokens, sparse], dim=1)
         b, c, gh, gw = features.shape
-        keys = (features + dense).flatten(2).permute(0, 2, 1)
+        keys = (features + dense).flatten(2).transpose(1, 2).contiguous()  # (1, g*g, C), owned: updated in place
         queries, keys = self._transformer(tokens, keys)
         wanted = range(1, md.num_mask_tokens) if multimask else range(1)  # only the masks returned
         hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in wanted], dim=1)
@@ -120,7 +120,8 @@ class FastDecoder:
         return a.out_proj(out.transpose(0, 1).reshape(1, q.shape[1], -1))
 
     def _to_tokens(self, a, i, keys, q, v):
-        """Image->token attention ``a`` plus its residual: keys (N, C) attend to the T tokens -> keys + out.
+        """Image->token attention ``a`` plus its residual: keys (N, C) attend to the T tokens -> keys + out,
+        written into ``keys`` (the caller's own buffer).
 
         The scores are laid out (heads, T, N) so that the softmax reduces over T across contiguous rows of
         N, and nothing image-sized is transposed. With few tokens (h*T < D) the image queries are never
@@ -145,9 +146,9 @@ class FastDecoder:
         if few:
             wo = a.out_proj.weight.view(-1, h, d).permute(1, 2, 0)  # (h, d, C)
             vo = torch.bmm(vt, wo).reshape(h * t, -1)  # (h*T, C)
-            return torch.addmm(keys, s.reshape(h * t, -1).t(), vo).add_(a.out_proj.bias)
+            return keys.addmm_(s.reshape(h * t, -1).t(), vo).add_(a.out_proj.bias)  # residual in the product
         out = torch.bmm(vt.transpose(1, 2), s).view(h * d, -1)  # (D, N)
-        return torch.addmm(keys, out.t(), a.out_proj.weight.t()).add_(a.out_proj.bias)  # residual in the product
+        return keys.addmm_(out.t(), a.out_proj.weight.t()).add_(a.out_proj.bias)
 
     def _transformer(self, point_embedding, keys):
         """TwoWayTransformer.forward with fused attention; keys (1, g*g, C) image tokens."""
