@@ -424,3 +424,34 @@ def test_out_of_gpu_memory_splits_the_batch(small_sam, monkeypatch):
     monkeypatch.setattr(model, "encode", never)
     with pytest.raises(ps.ModelError, match="out of CPU memory embedding one slice"):
         ps.embed(vol, model, batch_size=4)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_overlapped_fill_gives_the_same_cache_and_keeps_what_was_done(fast, tmp_path, batch):
+    """The GPU path (reader and writer threads) forced on the CPU: same bytes; a bad slice stops it cleanly."""
+    from promptseg.embeddings import Embedder, fill, open_store
+
+    model, _ = fast
+    vol = _vol(7)
+    reference = np.asarray(ps.embed(vol, model, batch_size=batch).features[:])
+    emb = Embedder(model, vol)
+    store = open_store(emb, tmp_path / "a.zarr")
+    seen = []
+    fill(store, emb, list(range(7)), batch_size=batch, overlap=True, progress=lambda d, t: seen.append(d))
+    np.testing.assert_array_equal(np.asarray(store.features[:]), reference)
+    assert store.missing() == [] and seen[-1] == 7 and seen == sorted(seen)
+
+    real = emb.raw_slice
+
+    def raw_slice(i):  # slice 5 cannot be read (e.g. a damaged file)
+        if i == 5:
+            raise ps.ImageError("cannot read slice 5 of the image")
+        return real(i)
+
+    emb.raw_slice = raw_slice
+    store = open_store(emb, tmp_path / "b.zarr")
+    with pytest.raises(ps.ImageError, match="slice 5"):
+        fill(store, emb, list(range(7)), batch_size=batch, overlap=True)
+    done = list(np.flatnonzero(store.done_flags[:]))
+    assert done == list(range(len(done))) and 3 <= len(done) <= 5, done  # the batches before slice 5's
+    np.testing.assert_array_equal(np.asarray(store.features[: len(done)]), reference[: len(done)])

@@ -303,13 +303,15 @@ def open_store(embedder: Embedder, cache=None, *, overwrite=False) -> EmbeddingS
     return EmbeddingStore.open_or_create(cache, embedder.signature(), embedder.n_slices, shape, embedder.frame, overwrite=overwrite)
 
 
-def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None, progress: Progress | None = None) -> None:
+def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None, progress: Progress | None = None,
+         overlap: bool | None = None) -> None:
     """Embed ``indices`` into ``store`` batch by batch (memory: a few batches).
 
     On a GPU, reading and preprocessing run ahead in background threads (two batches deep) and finished
     slices are written by background threads, so the encoder never waits for the disk on either side; on
     the CPU, whose cores the encoder already uses, the same steps run in turn (threads there cost ~15 %
-    throughput on 2 cores). Each slice's done flag is written after its features. A batch that runs out of GPU memory is split in halves
+    throughput on 2 cores); ``overlap`` forces either way. Each slice's done flag is written after its
+    features. A batch that runs out of GPU memory is split in halves
     and retried, and the smaller batch size is kept for the rest of the run; a single slice that does not
     fit raises :class:`ModelError`. ``progress(done, total)`` follows the written slices.
     """
@@ -318,7 +320,7 @@ def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None,
         batch_size = 1 if embedder.model.device.type == "cpu" else 8
     total, start, queued, written = len(indices), 0, 0, 0
     inputs, writes = {}, []
-    overlap = embedder.model.device.type != "cpu"
+    overlap = embedder.model.device.type != "cpu" if overlap is None else overlap
     with (ThreadPoolExecutor(min(4, os.cpu_count() or 1)) if overlap else _Inline()) as readers, \
             (ThreadPoolExecutor(2) if overlap else _Inline()) as writers:
         try:
