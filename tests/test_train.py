@@ -158,3 +158,40 @@ def test_squiggle_paths_stay_inside(blob):
         path = P.squiggle_path(rng, blob)
         r, c = np.rint(path).astype(int).T
         assert len(path) >= 1 and blob[r, c].all()
+
+
+def test_batched_decoder_equals_the_decoder_run_per_prompt_set():
+    from promptseg.train.episodes import decode_batch
+
+    torch.manual_seed(0)
+    sam = build_sam("cnn_small", image_size=64, widths=[8, 8, 16, 16], blocks=[0, 1, 1, 1], prompt_embed_dim=32,
+                    decoder_mlp_dim=64).eval()
+    pe, md = sam.prompt_encoder, sam.mask_decoder
+    emb = torch.randn(2, 32, 4, 4)
+    sets = [(torch.tensor([[[10.0, 20.0], [40.0, 33.0]]]), torch.tensor([[1, 0]])),
+            (torch.tensor([[[5.0, 50.0], [30.0, 30.0]]]), torch.tensor([[1, 1]])),
+            (torch.tensor([[[60.0, 2.0], [12.0, 12.0]]]), torch.tensor([[0, 1]]))]
+    image_of = [0, 1, 0]  # the third prompt set is on the first image again
+    with torch.no_grad():
+        embedded = [pe(points=p, boxes=None, masks=None) for p in sets]
+        low, iou = decode_batch(sam, emb[image_of], [sp for sp, _ in embedded], torch.cat([de for _, de in embedded]))
+        for j, (sparse, dense) in enumerate(embedded):
+            for multi, sl in ((False, slice(0, 1)), (True, slice(1, None))):
+                want, want_iou = md(image_embeddings=emb[image_of[j]][None], image_pe=pe.get_dense_pe(),
+                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multi)
+                torch.testing.assert_close(low[j : j + 1, sl], want, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(iou[j : j + 1, sl], want_iou, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_episodes_with_data_workers_train_reproducibly(tmp_path):
+    """The GPU settings (data drawn in worker processes, episodes decoded in one batch) on the CPU: the run
+    trains, its checkpoint loads, and its data do not depend on the number of workers."""
+    logs = []
+    for workers in (1, 2):
+        cfg_path = tmp_path / f"w{workers}.toml"
+        cfg_path.write_text(TINY.replace("threads = 2", f"threads = 2\nbatched_episodes = true\ndata_workers = {workers}")
+                            + "[prompts]\np_correct = 0.9\nmax_corrections = 3\n")
+        path = train(cfg_path, tmp_path / f"run{workers}")
+        logs.append([json.loads(line)["loss"] for line in (tmp_path / f"run{workers}" / "log.jsonl").read_text().splitlines()])
+        assert torch.load(path, weights_only=True)
+    assert len(logs[0]) == 3 and all(np.isfinite(logs[0])) and logs[0] == logs[1]

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.build import build_sam
-from ..prompts import stroke_map
-from . import prompts as P
+from .episodes import Episode, StepData, as_is, decode_batch
 from .synthetic import sample
 
 DEFAULTS = {
@@ -39,7 +38,7 @@ DEFAULTS = {
     "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
               "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": [],
-              "device": "cpu"},
+              "device": "cpu", "data_workers": 0, "batched_episodes": False},
 }
 
 
@@ -109,66 +108,77 @@ def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, 
 
 
 def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator, cfg: dict):
-    """One simulated interactive episode on one object; returns the summed loss terms and round count."""
-    pr, t = cfg["prompts"], cfg["train"]
+    """One simulated interactive episode on one object; returns the summed loss terms and the IoUs."""
+    t = cfg["train"]
     size = sam.image_encoder.img_size
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
     dev = emb.device
     target = _lowres_target(mask, size, lowres, dev)
     pe = sam.prompt_encoder
-    u = rng.random()
-    rc, flags, box, strokes = np.zeros((0, 2)), [], None, []
-    if u < pr["p_click"]:
-        rc, flags = P.first_click(rng, mask)[None], [1]
-    elif u < pr["p_click"] + pr["p_box"]:
-        box = P.box(rng, mask)
-    else:
-        path = P.squiggle_path(rng, mask)
-        rc, strokes = P.spread(path, mask), [(path, True)]
-        flags = [1] * len(rc)
-    n_rounds = 1 + (int(rng.integers(1, pr["max_corrections"] + 1)) if rng.random() < pr["p_correct"] else 0)
+    ep = Episode(rng, mask, cfg["prompts"])
     total = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
-    prev, ious = None, []
-    for r in range(n_rounds):
-        multimask = len(flags) == 1 and box is None and prev is None
-        points = None
-        if len(flags):
-            points = (torch.as_tensor(P.to_xy(rc), dtype=torch.float, device=dev)[None],
-                      torch.as_tensor(flags, dtype=torch.int, device=dev)[None])
-        boxes = None if box is None else torch.as_tensor(box[[1, 0, 3, 2]], dtype=torch.float, device=dev)[None]
-        sparse, dense = pe(points=points, boxes=boxes, masks=prev)
-        if strokes and hasattr(pe, "stroke_downscaling"):  # the native squiggle input
-            smap = stroke_map(strokes, lambda p: p * (lowres / size), lowres)
-            dense = dense + pe.stroke_downscaling(torch.from_numpy(smap).to(dev))
+    ious = []
+    for r in range(ep.n_rounds):
+        multimask = ep.multimask
+        sparse, dense = ep.embed_prompts(pe, size, lowres, dev)
         low, iou_pred = sam.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
                                          dense_prompt_embeddings=dense, multimask_output=multimask)
-        focal, dice, mse, iou = _losses(low[0], target, iou_pred[0], t["focal_gamma"])
-        best = int(torch.argmin(t["focal_weight"] * focal + dice)) if multimask else 0
-        total["focal"] = total["focal"] + focal[best] / n_rounds
-        total["dice"] = total["dice"] + dice[best] / n_rounds
-        total["iou"] = total["iou"] + mse.mean() / n_rounds
-        ious.append(float(iou[best]))
-        if r + 1 < n_rounds:  # the Session feeds back the best mask by predicted IoU
-            pick = int(torch.argmax(iou_pred[0])) if multimask else 0
-            prev = low[:, pick:pick + 1].detach()
-            with torch.no_grad():
-                up = F.interpolate(prev, size=(size, size), mode="bilinear", align_corners=False)[0, 0] > 0
-            pred = up[: mask.shape[0], : mask.shape[1]].cpu().numpy()
-            click = P.correction_click(rng, mask, pred)
-            if click is None:
-                break
-            if rng.random() < pr["p_squiggle_correct"]:  # a correcting squiggle in the error region instead
-                positive = bool(click[1])
-                region = (mask & ~pred) if positive else (pred & ~mask)
-                path = P.squiggle_path(rng, region)
-                extra = P.spread(path, region)
-                strokes = strokes + [(path, positive)]
-                rc = np.concatenate([rc, extra])
-                flags = flags + [int(positive)] * len(extra)
-                continue
-            rc = np.concatenate([rc, click[0][None]])
-            flags = flags + [int(click[1])]
+        ious.append(_add_round(total, low[0], iou_pred[0], target, ep.n_rounds, multimask, t))
+        if r + 1 < ep.n_rounds and not ep.correct(rng, _feed_back(ep, low, iou_pred[0], multimask, size)):
+            break
     return total, ious
+
+
+def _add_round(total: dict, low, iou_pred, target, n_rounds: int, multimask: bool, t: dict) -> float:
+    """Add one round's loss terms (its best mask when multimask) to ``total``; returns that mask's IoU."""
+    focal, dice, mse, iou = _losses(low, target, iou_pred, t["focal_gamma"])
+    best = int(torch.argmin(t["focal_weight"] * focal + dice)) if multimask else 0
+    total["focal"] = total["focal"] + focal[best] / n_rounds
+    total["dice"] = total["dice"] + dice[best] / n_rounds
+    total["iou"] = total["iou"] + mse.mean() / n_rounds
+    return float(iou[best])
+
+
+def _feed_back(ep: Episode, low, iou_pred, multimask: bool, size: int) -> np.ndarray:
+    """Keep the mask the Session would feed back (best by predicted IoU) in ``ep.prev``; return it as a
+    bool mask over the episode's image. ``low``: (1, K, L, L) logits of this round."""
+    pick = int(torch.argmax(iou_pred)) if multimask else 0
+    ep.prev = low[:, pick : pick + 1].detach()
+    with torch.no_grad():
+        up = F.interpolate(ep.prev, size=(size, size), mode="bilinear", align_corners=False)[0, 0] > 0
+    return up[: ep.mask.shape[0], : ep.mask.shape[1]].cpu().numpy()
+
+
+def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict):
+    """All episodes of a step in lockstep, one batched decoder call per round (:func:`decode_batch`).
+
+    ``items``: (image index into ``emb``, bool mask) per episode. Returns summed terms, IoUs, count.
+    """
+    t = cfg["train"]
+    size = sam.image_encoder.img_size
+    lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
+    dev, pe = emb.device, sam.prompt_encoder
+    eps = [Episode(rng, mask, cfg["prompts"]) for _, mask in items]
+    targets = [_lowres_target(mask, size, lowres, dev) for _, mask in items]
+    active = list(range(len(eps)))
+    total, ious = {"focal": 0.0, "dice": 0.0, "iou": 0.0}, []
+    for r in range(max(ep.n_rounds for ep in eps)):
+        active = [e for e in active if r < eps[e].n_rounds]
+        if not active:
+            break
+        multi = [eps[e].multimask for e in active]
+        prompts = [eps[e].embed_prompts(pe, size, lowres, dev) for e in active]
+        idx = torch.as_tensor([items[e][0] for e in active], device=dev)
+        low, iou_pred = decode_batch(sam, emb[idx], [sp for sp, _ in prompts], torch.cat([de for _, de in prompts]))
+        still = []
+        for j, e in enumerate(active):
+            sl = slice(1, None) if multi[j] else slice(0, 1)
+            ious.append(_add_round(total, low[j, sl], iou_pred[j, sl], targets[e], eps[e].n_rounds, multi[j], t))
+            if r + 1 < eps[e].n_rounds and eps[e].correct(rng, _feed_back(eps[e], low[j : j + 1, sl], iou_pred[j, sl],
+                                                                        multi[j], size)):
+                still.append(e)
+        active = still
+    return total, ious, len(eps)
 
 
 def _save(sam, opt, step: int, out: Path) -> None:
@@ -234,25 +244,34 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
     log = open(out / "log.jsonl", "a")
     bar = tqdm(range(start, t["steps"]), initial=start, total=t["steps"], desc="train", mininterval=5)
     running = {}
+    loader = None
+    if t["data_workers"] > 0 and start < t["steps"]:  # images drawn in worker processes, seeded by (seed, step)
+        loader = iter(torch.utils.data.DataLoader(StepData(_draw, cfg, start), batch_size=None, collate_fn=as_is,
+                                                  num_workers=t["data_workers"], prefetch_factor=4))
     for step in bar:
         rng = np.random.default_rng([t["seed"], step])
         torch.manual_seed(t["seed"] * 1_000_003 + step)
         lr = lr_at(step, t)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = [_draw(rng, size, cfg) for _ in range(t["batch_size"])]
+        batch = next(loader) if loader is not None else [_draw(rng, size, cfg) for _ in range(t["batch_size"])]
         x = torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None].to(dev)) for im, _, _ in batch])
         with torch.set_grad_enabled(not encoder_frozen):
             emb = sam.image_encoder(x)
         terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
         ious, n = [], 0
-        for b, (_, labels, ids) in enumerate(batch):
-            for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False):
-                tot, iu = _episode(sam, emb[b:b + 1], labels == k, rng, cfg)
-                for key in terms:
-                    terms[key] = terms[key] + tot[key]
-                ious += iu
-                n += 1
+        if t["batched_episodes"]:
+            items = [(b, labels == k) for b, (_, labels, ids) in enumerate(batch)
+                     for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
+            terms, ious, n = _episodes_batched(sam, emb, items, rng, cfg)
+        else:
+            for b, (_, labels, ids) in enumerate(batch):
+                for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False):
+                    tot, iu = _episode(sam, emb[b:b + 1], labels == k, rng, cfg)
+                    for key in terms:
+                        terms[key] = terms[key] + tot[key]
+                    ious += iu
+                    n += 1
         loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]) / n
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,129 @@
+"""Simulated interactive episodes for training, one at a time or batched over many objects.
+
+An :class:`Episode` holds one object's prompts as a user would build them: a first prompt (one click, a
+box, or a squiggle given as its points and, for models with a native squiggle input, as strokes), then
+correction clicks (or correcting squiggles) in the larger error region of the previous prediction.
+
+:func:`decode_batch` runs SAM's mask decoder over E prompt sets on E (possibly repeated) image embeddings
+in one call: segment-anything's ``MaskDecoder`` batches the prompt sets of *one* image (it repeats the
+embedding per set), which on a GPU leaves a training step as hundreds of tiny kernels. Prompt sets of
+different lengths are padded with the prompt encoder's "not a point" embedding, the token SAM itself
+appends to point-only prompts.
+
+:class:`StepData` draws a step's training images in DataLoader worker processes, seeded by (seed, step),
+so the synthetic generator keeps a GPU busy and a run's data does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..prompts import stroke_map
+from . import prompts as P
+
+
+class Episode:
+    """One object's prompts during a simulated interactive episode.
+
+    ``mask`` is the object's bool (h, w) mask in the (unpadded) training image; ``pr`` the config's
+    ``[prompts]`` section. The first prompt and the number of rounds are drawn from ``rng`` here.
+    """
+
+    def __init__(self, rng: np.random.Generator, mask: np.ndarray, pr: dict):
+        self.mask, self.pr = mask, pr
+        u = rng.random()
+        self.rc, self.flags, self.box, self.strokes = np.zeros((0, 2)), [], None, []
+        if u < pr["p_click"]:
+            self.rc, self.flags = P.first_click(rng, mask)[None], [1]
+        elif u < pr["p_click"] + pr["p_box"]:
+            self.box = P.box(rng, mask)
+        else:
+            path = P.squiggle_path(rng, mask)
+            self.rc, self.strokes = P.spread(path, mask), [(path, True)]
+            self.flags = [1] * len(self.rc)
+        self.n_rounds = 1 + (int(rng.integers(1, pr["max_corrections"] + 1)) if rng.random() < pr["p_correct"] else 0)
+        self.prev = None  # (1, 1, L, L) low-resolution logits fed back, detached
+
+    @property
+    def multimask(self) -> bool:
+        """A lone first click asks for three masks (SAM's ambiguity rule, as the Session does)."""
+        return len(self.flags) == 1 and self.box is None and self.prev is None
+
+    def embed_prompts(self, pe, size: int, lowres: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse (1, T, C) and dense (1, C, g, g) prompt embeddings of the current prompts."""
+        points = None
+        if len(self.flags):
+            points = (torch.as_tensor(P.to_xy(self.rc), dtype=torch.float, device=dev)[None],
+                      torch.as_tensor(self.flags, dtype=torch.int, device=dev)[None])
+        boxes = None if self.box is None else torch.as_tensor(self.box[[1, 0, 3, 2]], dtype=torch.float, device=dev)[None]
+        sparse, dense = pe(points=points, boxes=boxes, masks=self.prev)
+        if self.strokes and hasattr(pe, "stroke_downscaling"):  # the native squiggle input
+            smap = stroke_map(self.strokes, lambda p: p * (lowres / size), lowres)
+            dense = dense + pe.stroke_downscaling(torch.from_numpy(smap).to(dev))
+        return sparse, dense
+
+    def correct(self, rng: np.random.Generator, pred: np.ndarray) -> bool:
+        """Add a correction for the predicted bool mask ``pred``; False when it is already right."""
+        click = P.correction_click(rng, self.mask, pred)
+        if click is None:
+            return False
+        if rng.random() < self.pr["p_squiggle_correct"]:  # a correcting squiggle in the error region instead
+            positive = bool(click[1])
+            region = (self.mask & ~pred) if positive else (pred & ~self.mask)
+            path = P.squiggle_path(rng, region)
+            extra = P.spread(path, region)
+            self.strokes = self.strokes + [(path, positive)]
+            self.rc = np.concatenate([self.rc, extra])
+            self.flags = self.flags + [int(positive)] * len(extra)
+            return True
+        self.rc = np.concatenate([self.rc, click[0][None]])
+        self.flags = self.flags + [int(click[1])]
+        return True
+
+
+def decode_batch(sam, emb: torch.Tensor, sparse: list[torch.Tensor], dense: torch.Tensor):
+    """SAM's mask decoder over E prompt sets at once -> (low-res logits (E, 4, L, L), IoU (E, 4)).
+
+    emb : (E, C, g, g) image embeddings, one per prompt set (rows may repeat an image).
+    sparse : E tensors (1, T_e, C); shorter ones are padded with "not a point" tokens.
+    dense : (E, C, g, g) dense prompt embeddings.
+    All four masks are returned (mask 0: single-mask output, 1-3: the multimask outputs).
+    """
+    md, pe = sam.mask_decoder, sam.prompt_encoder
+    t_max = max(s.shape[1] for s in sparse)
+    pad = pe.not_a_point_embed.weight  # (1, C)
+    tokens = torch.cat([torch.cat([s[0], pad.expand(t_max - s.shape[1], -1)]) for s in sparse])
+    tokens = tokens.view(len(sparse), t_max, -1)
+    out = torch.cat([md.iou_token.weight, md.mask_tokens.weight])[None].expand(len(sparse), -1, -1)
+    tokens = torch.cat([out, tokens], dim=1)
+    b, c, h, w = emb.shape
+    pos = pe.get_dense_pe().expand(b, -1, -1, -1)
+    hs, src = md.transformer(emb + dense, pos, tokens)
+    up = md.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
+    low = (hyper @ up.flatten(2)).view(b, -1, *up.shape[-2:])
+    return low, md.iou_prediction_head(hs[:, 0])
+
+
+class StepData(torch.utils.data.Dataset):
+    """Item ``k``: step ``k``'s ``batch_size`` images, drawn with ``np.random.default_rng([seed, k, 1])``.
+
+    ``draw(rng, size, cfg)`` makes one image (the trainer's ``_draw``); items are lists of its results.
+    """
+
+    def __init__(self, draw, cfg: dict, start: int):
+        self.draw, self.cfg, self.start = draw, cfg, start
+
+    def __len__(self) -> int:
+        return self.cfg["train"]["steps"] - self.start
+
+    def __getitem__(self, i: int) -> list:
+        t = self.cfg["train"]
+        rng = np.random.default_rng([t["seed"], self.start + i, 1])
+        return [self.draw(rng, self.cfg["model"]["image_size"], self.cfg) for _ in range(t["batch_size"])]
+
+
+def as_is(item):
+    """DataLoader collate function that leaves a step's list of numpy draws as it is."""
+    return item
