@@ -311,9 +311,9 @@ def fill(store: EmbeddingStore, embedder: Embedder, indices, *, batch_size=None,
     slices are written by background threads, so the encoder never waits for the disk on either side; on
     the CPU, whose cores the encoder already uses, the same steps run in turn (threads there cost ~15 %
     throughput on 2 cores); ``overlap`` forces either way. Each slice's done flag is written after its
-    features. A batch that runs out of GPU memory is split in halves
-    and retried, and the smaller batch size is kept for the rest of the run; a single slice that does not
-    fit raises :class:`ModelError`. ``progress(done, total)`` follows the written slices.
+    features. A batch that runs out of GPU memory is split in halves and retried, and the smaller batch
+    size is kept for the rest of the run; a single slice that does not fit raises :class:`ModelError`.
+    ``progress(done, total)`` follows the written slices.
     """
     indices = [i for i in indices if not store.is_done(i)]
     if batch_size is None:
