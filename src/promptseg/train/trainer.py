@@ -160,12 +160,9 @@ def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Genera
     dev, pe = emb.device, sam.prompt_encoder
     eps = [Episode(rng, mask, cfg["prompts"]) for _, mask in items]
     targets = [_lowres_target(mask, size, lowres, dev) for _, mask in items]
-    active = list(range(len(eps)))
+    active, r = list(range(len(eps))), 0  # the episodes that go on to round r
     total, ious = {"focal": 0.0, "dice": 0.0, "iou": 0.0}, []
-    for r in range(max(ep.n_rounds for ep in eps)):
-        active = [e for e in active if r < eps[e].n_rounds]
-        if not active:
-            break
+    while active:
         multi = [eps[e].multimask for e in active]
         prompts = [eps[e].embed_prompts(pe, size, lowres, dev) for e in active]
         idx = torch.as_tensor([items[e][0] for e in active], device=dev)
@@ -177,7 +174,7 @@ def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Genera
             if r + 1 < eps[e].n_rounds and eps[e].correct(rng, _feed_back(eps[e], low[j : j + 1, sl], iou_pred[j, sl],
                                                                         multi[j], size)):
                 still.append(e)
-        active = still
+        active, r = still, r + 1
     return total, ious, len(eps)
 
 
