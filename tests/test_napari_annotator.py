@@ -51,8 +51,10 @@ def _press(layer, key):
     layer.keymap[KeyBinding.from_str(key)](layer)
 
 
-def _expected(widget, **prompts):
-    """The mask a headless Session gives for the same prompts (the plugin must show exactly that)."""
+def _expected(widget, qtbot, **prompts):
+    """The mask a headless Session gives for the same prompts (the plugin must show exactly that, once
+    its deferred zoom step has run a frame after the prompt)."""
+    qtbot.waitUntil(lambda: not widget.session.needs_refine, timeout=5000)
     s = ps.Session(widget.session.model, widget.session.image)
     return s.set_prompts(**prompts).mask
 
@@ -87,7 +89,7 @@ def test_box_and_squiggle_through_shapes_layer(make_napari_viewer, qtbot):
     viewer, w = _open(make_napari_viewer, qtbot, sample="coins")
     w.layers.shapes.add_rectangles([[[100, 180], [150, 232]]])
     assert w.session.prompts()[0]["box"] == [100.0, 180.0, 150.0, 232.0]
-    expected = _expected(w, box=((100, 180), (150, 232)))
+    expected = _expected(w, qtbot, box=((100, 180), (150, 232)))
     assert np.array_equal(viewer.layers["current object"].data.astype(bool), expected)
     w.layers.shapes.add_paths([[[110, 190], [120, 200], [130, 215]]])
     pr = w.session.prompts()[0]
@@ -102,7 +104,7 @@ def test_deleting_a_point_repredicts_from_the_rest(make_napari_viewer, qtbot):
     w.layers.points.selected_data = {1}
     w.layers.points.remove_selected()
     assert w.session.prompts()[0]["points"] == [[124.0, 205.0, 1]]
-    expected = _expected(w, points=[(124, 205)], positive=[True])
+    expected = _expected(w, qtbot, points=[(124, 205)], positive=[True])
     assert np.array_equal(viewer.layers["current object"].data.astype(bool), expected)
 
 
@@ -324,3 +326,23 @@ def test_annotate_command_opens_sample_with_the_annotator(qtbot, monkeypatch):
         assert viewer.layers["current object"].data.any()
     finally:
         viewer.close()
+
+
+def test_zoom_follows_the_model_and_the_checkbox_switches_it(make_napari_viewer, qtbot):
+    rr, cc = np.mgrid[:600, :640]
+    small = ((rr - 300) / 14.0) ** 2 + ((cc - 320) / 10.0) ** 2 <= 1
+    img = np.where(small, 190, 60).astype(np.uint8)
+    viewer, w = _open(make_napari_viewer, qtbot, image=img)
+    assert w._zoom.value and w.session.zoom == w.session.model.spec.zoom
+    w.layers.points.add([[300, 320]])
+    # the full view's mask is painted at once; the zoom step runs after that frame and repaints
+    assert w.session.needs_refine and viewer.layers["current object"].data.any()
+    assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)
+    qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)
+    assert w.session._states[0].zoom.window is not None  # predicted again in a window around the object
+    assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)
+    w._zoom.value = False
+    assert not w.session.zoom
+    _press(w.layers.points, "s")  # re-predict: the full view alone now
+    assert w.session._states[0].zoom is None
+    assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)

@@ -195,3 +195,58 @@ def test_batched_episodes_with_data_workers_train_reproducibly(tmp_path):
         logs.append([json.loads(line)["loss"] for line in (tmp_path / f"run{workers}" / "log.jsonl").read_text().splitlines()])
         assert torch.load(path, weights_only=True)
     assert len(logs[0]) == 3 and all(np.isfinite(logs[0])) and logs[0] == logs[1]
+
+
+# -- CT / MRI-like scenes, zoom windows and coarse priors -------------------------------------------------
+def test_ct_and_mri_scenes_carry_their_units_and_exact_labels():
+    from promptseg.train import anatomy
+
+    rng = np.random.default_rng(11)
+    tissue, labels = anatomy.scene(rng, (128, 128), "abdomen")
+    assert tissue.shape == labels.shape == (128, 128) and labels.dtype == np.int32 and labels.max() >= 2
+    ct = anatomy.render_ct(rng, tissue)
+    mr = anatomy.render_mri(rng, tissue)
+    assert ct.dtype == np.int16 and mr.dtype == np.uint16
+    assert ct[tissue == anatomy.AIR].mean() < -800 and abs(np.median(ct[tissue == anatomy.MUSCLE]) - 45) < 40
+    # every object differs from what surrounds it in HU: the labels follow the rendered tissues
+    lesion = tissue >= anatomy.LESION
+    if lesion.any():
+        assert (labels[lesion] > 0).all()
+    raw, vol_labels, spacing = anatomy.volume(rng, (12, 96, 96), kind="head", modality="mri", z_step=3.0)
+    assert raw.shape == vol_labels.shape == (12, 96, 96) and spacing == (3.0, 1.0, 1.0)
+    assert vol_labels.max() >= 2  # ventricles at least
+    img, lab = anatomy.sample(np.random.default_rng(5), (80, 100))
+    assert img.shape == (80, 100, 3) and img.dtype == np.uint8 and lab.shape == (80, 100)
+    again, _ = anatomy.sample(np.random.default_rng(5), (80, 100))
+    np.testing.assert_array_equal(img, again)
+
+
+def test_zoom_windows_for_training_keep_image_and_labels_aligned():
+    from promptseg.train.trainer import DEFAULTS, _draw
+
+    cfg = {k: dict(v) for k, v in DEFAULTS.items()}
+    cfg["data"].update(p_zoom=1.0, p_medical=0.5)
+    rng = np.random.default_rng(2)
+    seen = 0
+    for _ in range(12):
+        img, lab, ids, mag = _draw(rng, 128, cfg)
+        assert img.shape[:2] == lab.shape and max(img.shape[:2]) == 128
+        if mag is not None:  # a window: every episode is on its one object, enlarged 1.5-4x
+            seen += 1
+            assert len(set(ids.tolist())) == 1 and 1.4 < mag <= 4.0 + 1e-6
+            assert (lab == ids[0]).sum() >= cfg["data"]["min_area"]
+    assert seen >= 6
+
+
+def test_coarse_priors_look_like_a_full_view_prediction():
+    lab = np.zeros((128, 128), np.int32)
+    rr, cc = np.mgrid[:128, :128]
+    lab[(rr - 64) ** 2 + (cc - 60) ** 2 < 30**2] = 1
+    lab[(rr - 64) ** 2 + (cc - 100) ** 2 < 12**2] = 2
+    rng = np.random.default_rng(0)
+    dices = []
+    for _ in range(40):
+        m = P.coarse_mask(rng, lab, 1, 3.0)
+        assert m.any()
+        dices.append(ps.evaluate.dice(m, lab == 1))
+    assert 0.6 < np.median(dices) < 0.99 and min(dices) < 0.9  # near the object, never exactly it

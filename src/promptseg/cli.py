@@ -187,7 +187,7 @@ def cmd_segment(args) -> int:
         finally:
             bar.close()
     s = Session(model, image, embeddings=store, axis=args.axis, modality=args.modality if store is None else None,
-                window=args.window if store is None else None, **(_tiling(args) if store is None else {}))
+                window=args.window if store is None else None, zoom=_ZOOM[args.zoom], **(_tiling(args) if store is None else {}))
     pred = None
     if args.box:
         b = args.box
@@ -255,7 +255,8 @@ def cmd_evaluate(args) -> int:
             raise PromptsegError(f"no labels for {name}; pass --labels")
         cases.append((name, np.asarray(image), np.asarray(lab), meta.spacing))
     model = _model(args)
-    report = evaluate(model, cases, start=args.start, max_clicks=args.clicks, modality=args.modality, window=args.window)
+    report = evaluate(model, cases, start=args.start, max_clicks=args.clicks, modality=args.modality, window=args.window,
+                      zoom=_ZOOM[args.zoom])
     write_report(report, args.output, args.plot)
     m = report["mean"]
     d = m["dice"]
@@ -292,6 +293,14 @@ def _add_model_args(p):
 def _tiling(args) -> dict:
     tile = "auto" if args.tile is None else (None if args.tile == 0 else args.tile)
     return {"tile_shape": tile, "overlap": args.overlap, "level": args.level}
+
+
+_ZOOM = {"auto": None, "on": True, "off": False}
+
+
+def _add_zoom_arg(p):
+    p.add_argument("--zoom", choices=list(_ZOOM), default="auto",
+                   help="predict small objects again in a window around them (default: as the model's entry says)")
 
 
 def _add_image_args(p):
@@ -343,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="embedding cache folder to use or create")
     _add_model_args(p)
     _add_image_args(p)
+    _add_zoom_arg(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("bench", help="time the encoder and decoder against segment-anything (and micro-sam)",
@@ -371,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG of mean Dice against prompts")
     _add_model_args(p)
     _add_image_args(p)
+    _add_zoom_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model from a config (seeded, resumable)",

@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import _objects, zoom as _zoom
 from .embeddings import Embedder, EmbeddingStore, fill, open_store
 from .errors import CacheError, ImageError, PromptError
-from ._state import EMPTY, SliceState, insert_axis, pack, pack_crop, points_of, prompts_json, strokes_for, unpack
-from .tiling import TiledEmbedder, decode_tiles, make_embedder, mask_to_tiles
+from ._state import EMPTY, SliceState, insert_axis, pack_crop, points_of, prompts_json, strokes_for, unpack
+from .tiling import TiledEmbedder, decode_tiles, make_embedder
 from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice
 
 
@@ -57,6 +58,9 @@ class Session:
         (default: tiled above a size threshold; with ``embeddings``, the store's tiling).
     embedder : an :class:`~promptseg.embeddings.Embedder` already made for this image and model (it
         replaces the preprocessing and tiling arguments and saves hashing the image a second time).
+    zoom : predict small objects again in a window around them (:mod:`promptseg.zoom`); default: what
+        the model's registry entry says (on for the shipped model, off for the large SAM encoders, where
+        each window costs a full encoder pass). Not used on tiled images.
 
     A tiled image embeds only the tiles its prompts need; its mask and labels buffers are allocated
     lazily by the OS (``np.zeros``), so only the pages of annotated regions take memory.
@@ -64,7 +68,7 @@ class Session:
 
     def __init__(self, model, image, embeddings: EmbeddingStore | None = None, *, labels=None, overwrite=False,
                  axis=None, modality=None, window=None, rgb=None, threshold: float = 0.0, tile_shape="auto",
-                 overlap=None, level=None, embedder: Embedder | None = None):
+                 overlap=None, level=None, embedder: Embedder | None = None, zoom: bool | None = None):
         self.model = model
         self.image = image
         if embedder is not None:
@@ -110,6 +114,9 @@ class Session:
         self._undo: list[dict] = []
         self._redo: list[dict] = []
         self._feature_cache: OrderedDict = OrderedDict()
+        self.zoom = bool(model.spec.zoom if zoom is None else zoom) and not self.tiled
+        self.defer_zoom = False  # a viewer's choice: prompts skip the zoom step until refine() (promptseg.zoom)
+        self._zoom_cache: OrderedDict = OrderedDict()  # (slice, window) -> embedding, see promptseg.zoom
 
     # -- public prompting API ---------------------------------------------------------------
     @property
@@ -209,35 +216,7 @@ class Session:
         ``mask`` has the image's spatial shape, or, in 3D with ``z`` given, the shape of one slice.
         Its low-resolution version becomes the ``mask_input`` of the next prompt on each slice.
         """
-        mask = np.asarray(mask).astype(bool)
-        if self.ndim == 3 and z is not None:
-            if mask.shape != self._plane_shape():
-                raise ImageError(f"mask of shape {mask.shape} does not fit slice shape {self._plane_shape()}")
-            if not 0 <= z < self.store.n_slices:
-                raise PromptError(f"slice {z} is outside 0..{self.store.n_slices - 1}")
-            planes = {int(z): mask}
-        elif mask.shape != self.shape:
-            raise ImageError(f"mask of shape {mask.shape} does not match the image's spatial shape {self.shape}")
-        elif self.ndim == 2:
-            planes = {0: mask}
-        else:
-            vol = np.moveaxis(mask, self.axis, 0)
-            present = set(np.flatnonzero(vol.reshape(len(vol), -1).any(axis=1)).tolist())
-            planes = {int(k): vol[k] for k in present | set(self._states)}
-        step = {}
-        for k, m in planes.items():
-            if m.any():
-                bits, extent = pack(m)
-                if self.tiled:
-                    r0, r1, c0, c1 = extent
-                    logits = mask_to_tiles(self, m[r0:r1, c0:c1], (r0, c0))
-                else:
-                    logits = self.frame.mask_to_lowres(m, self.model.lowres_size)
-                new = SliceState(logits=logits, score=1.0, bits=bits, extent=extent)
-            else:
-                new = EMPTY
-            step[k] = (self._states.get(k, EMPTY), new)
-        return self._apply(step, record=True)
+        return self._apply(_objects.mask_step(self, mask, z), record=True)
 
     def predict(self, z: int | None = None) -> Prediction:
         """Run the decoder again from the slice's prompts alone (no fed-back mask)."""
@@ -245,13 +224,27 @@ class Session:
         state = self._states.get(k, EMPTY)
         if not state.has_prompts:
             raise PromptError("no prompts on this slice to predict from")
-        return self._update(k, replace(state, logits=None))
+        return self._update(k, replace(state, logits=None, zoom=None))
 
     def propagate(self, **kwargs) -> Prediction:
         """Carry the object through the volume from its prompted slices (see :mod:`promptseg.volume`)."""
         from .volume import propagate
 
+        self.refine()
         return propagate(self, **kwargs)
+
+    @property
+    def needs_refine(self) -> bool:
+        """Whether a deferred zoom step waits for :meth:`refine`."""
+        return any(isinstance(st.zoom, _zoom.Pending) for st in self._states.values())
+
+    def refine(self) -> Prediction | None:
+        """Run the zoom steps that prompts deferred (``defer_zoom``); None when there is none.
+
+        The refined masks complete the last prompt: they replace its result in that undo step.
+        """
+        step = _zoom.refine_pending(self)
+        return self._apply(step, record=False) if step else None
 
     def set_stop(self, z: int, stop: bool = True) -> None:
         """Mark (or unmark) slice ``z`` as one that propagation must not enter."""
@@ -302,31 +295,7 @@ class Session:
         (default: the session's setting). Clears the prompts and the undo history of the object.
         Returns the id.
         """
-        overwrite = self.overwrite if overwrite is None else overwrite
-        filled = {k: s for k, s in self._states.items() if s.bits is not None}
-        if not filled:
-            raise PromptError("nothing to commit: the current object is empty")
-        if self.editing is not None:
-            label_id = self.editing
-            part = self.labels[self._committed_region(label_id)]
-            part[part == label_id] = 0
-        else:
-            label_id = int(self.labels.max(initial=0)) + 1
-        labels = self._planes(self.labels)
-        masks = self._planes(self._mask)
-        for k, state in filled.items():
-            r0, r1, c0, c1 = state.extent  # only the object's box: a commit on a slide touches no more
-            m = masks[k, r0:r1, c0:c1]
-            target = labels[k, r0:r1, c0:c1]
-            target[m if overwrite else (m & (target == 0))] = label_id
-            m[:] = False
-        bbox = [[b.start, b.stop] for b in self.bbox]
-        self.objects.append({"id": label_id, "prompts": self.prompts(), "edited": self.editing is not None, "bbox": bbox})
-        self._states.clear()
-        self._undo.clear()
-        self._redo.clear()
-        self.editing = None
-        return label_id
+        return _objects.commit(self, self.overwrite if overwrite is None else overwrite)
 
     def prompts(self) -> dict:
         """The current object's prompts per slice, JSON-able: {slice: {"points": [...], "box": ...}}."""
@@ -405,7 +374,14 @@ class Session:
         low, iou = self.model.decode(self._features(k), xy, labels, box, state.logits, multimask, strokes)
         best = int(np.argmax(iou)) if multimask else 0
         bits, extent = pack_crop(self.model.mask(low[best], self.frame.input, self.frame.original, self.threshold))
-        return replace(state, logits=low[best : best + 1].copy(), score=float(iou[best]), bits=bits, extent=extent)
+        full = replace(state, logits=low[best : best + 1].copy(), score=float(iou[best]), bits=bits, extent=extent,
+                       zoom=None)
+        if not self.zoom:
+            return full
+        previous = state.zoom.previous if isinstance(state.zoom, _zoom.Pending) else state.zoom
+        if self.defer_zoom and extra_points is None and extra_box is None:
+            return replace(full, zoom=_zoom.Pending(previous))
+        return _zoom.refine(self, k, full, previous, rc, flags, b, state.scribbles)
 
     def _apply(self, step: dict, record: bool) -> Prediction:
         """Make each slice's state ``after`` (step: {k: (before, after)}); paint the masks; report."""

@@ -58,7 +58,13 @@ def _blend(session, j: int, a: int, c: int, fwd: SliceState, bwd: SliceState) ->
     logits = ((1 - w) * fwd.logits + w * bwd.logits).astype(np.float32)
     bits, extent = pack_crop(session.model.mask(logits[0], session.frame.input, session.frame.original,
                                                  session.threshold))
-    return SliceState(logits=logits, score=(1 - w) * fwd.score + w * bwd.score, bits=bits, extent=extent)
+    state = SliceState(logits=logits, score=(1 - w) * fwd.score + w * bwd.score, bits=bits, extent=extent)
+    if session.zoom and bits is not None:  # the blend lives on the full view's grid: zoom in on it again
+        point = _innermost(plane_mask(state, session._plane_shape()))
+        zoomed = session._decode(j, SliceState(logits=logits), extra_points=([point], [1]))
+        if zoomed.bits is not None:
+            return zoomed
+    return state
 
 
 def propagate(session, *, start: int | None = None, z_range=None, stop_iou: float = 0.25, min_area_ratio: float = 0.15,

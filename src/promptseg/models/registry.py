@@ -36,6 +36,8 @@ class ModelSpec:
     shipped : path relative to the package's weights folder when the file ships with promptseg.
     description : one line for ``promptseg models list``.
     arch_kwargs : extra architecture parameters (for small custom models).
+    zoom : whether a Session zooms into small objects by default (:mod:`promptseg.zoom`): for models
+        trained on zoom windows whose encoder is cheap enough to run again on a click.
     """
 
     name: str
@@ -51,6 +53,7 @@ class ModelSpec:
     shipped: str | None = None
     description: str = ""
     arch_kwargs: dict = field(default_factory=dict, compare=False, hash=False)
+    zoom: bool = False
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -117,7 +120,7 @@ for _spec in (
     ),
     ModelSpec(
         "promptseg_cnn_s", "cnn_small", "promptseg_cnn_s.pt", None, None, "Apache-2.0", input_size=256,
-        shipped="promptseg_cnn_s.pt", arch_kwargs={"strokes": True},
+        shipped="promptseg_cnn_s.pt", arch_kwargs={"strokes": True}, zoom=True,
         description="shipped default: small CNN encoder + SAM decoder with a native squiggle input, trained by "
                     "promptseg on synthetic data",
     ),

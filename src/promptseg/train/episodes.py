@@ -27,10 +27,12 @@ class Episode:
     """One object's prompts during a simulated interactive episode.
 
     ``mask`` is the object's bool (h, w) mask in the (unpadded) training image; ``pr`` the config's
-    ``[prompts]`` section. The first prompt and the number of rounds are drawn from ``rng`` here.
+    ``[prompts]`` section; ``prior`` optional (1, 1, L, L) float logits given as the first round's
+    ``mask_input`` (a coarse earlier mask, as a zoom window or a mask to correct starts with). The first
+    prompt and the number of rounds are drawn from ``rng`` here.
     """
 
-    def __init__(self, rng: np.random.Generator, mask: np.ndarray, pr: dict):
+    def __init__(self, rng: np.random.Generator, mask: np.ndarray, pr: dict, prior: torch.Tensor | None = None):
         self.mask, self.pr = mask, pr
         u = rng.random()
         self.rc, self.flags, self.box, self.strokes = np.zeros((0, 2)), [], None, []
@@ -43,7 +45,7 @@ class Episode:
             self.rc, self.strokes = P.spread(path, mask), [(path, True)]
             self.flags = [1] * len(self.rc)
         self.n_rounds = 1 + (int(rng.integers(1, pr["max_corrections"] + 1)) if rng.random() < pr["p_correct"] else 0)
-        self.prev = None  # (1, 1, L, L) low-resolution logits fed back, detached
+        self.prev = prior  # (1, 1, L, L) low-resolution logits fed back, detached
 
     @property
     def multimask(self) -> bool:
@@ -57,7 +59,8 @@ class Episode:
             points = (torch.as_tensor(P.to_xy(self.rc), dtype=torch.float, device=dev)[None],
                       torch.as_tensor(self.flags, dtype=torch.int, device=dev)[None])
         boxes = None if self.box is None else torch.as_tensor(self.box[[1, 0, 3, 2]], dtype=torch.float, device=dev)[None]
-        sparse, dense = pe(points=points, boxes=boxes, masks=self.prev)
+        prev = None if self.prev is None else self.prev.to(dev)
+        sparse, dense = pe(points=points, boxes=boxes, masks=prev)
         if self.strokes and hasattr(pe, "stroke_downscaling"):  # the native squiggle input
             smap = stroke_map(self.strokes, lambda p: p * (lowres / size), lowres)
             dense = dense + pe.stroke_downscaling(torch.from_numpy(smap).to(dev))

@@ -1,16 +1,23 @@
 """Evaluation of a trained model through the real inference path (:class:`promptseg.Session`).
 
-Protocol, per object: 1 click at the object's innermost pixel (farthest from its boundary); then up to 2
+Protocol: ``promptseg evaluate``'s (:func:`promptseg.evaluate.evaluate`): a start prompt — one click at
+the object's innermost pixel, its exact bounding box, or a squiggle along its long axis — then 20
 correction clicks, each at the innermost pixel of the larger error region (positive in a missed region,
-negative in a false-positive one), fed through ``Session.add_point`` so that the previous logits are fed
-back as the Session does; separately, a box at the object's exact bounding box (``Session.add_box``) and
-a squiggle along the object's long axis through its innermost pixel (``Session.add_scribble``, the
-stroke of :func:`promptseg.evaluate.squiggle`). Reported: mean Dice after 1 and 3 clicks, with the box,
-and with the squiggle; and `promptseg evaluate`'s 20-click protocol (Dice curve, NoC@85/90) per start.
+negative in a false one), through ``Session.add_point`` so the previous logits are fed back. A 3D
+object is prompted on its largest slice. Reported per set and start: mean Dice after each prompt, the
+median after the first, NoC@85/90 (prompts to reach that IoU; 22 when never), whether the mean curve
+never falls.
 
-Data: held-out synthetic draws (seeds never used in training) and scikit-image's ``coins()``, labelled
-with the watershed recipe of scikit-image's own coins tutorial (Sobel elevation map, markers at grey < 30
-and > 150, holes filled, objects < 100 px dropped; 24 coins).
+Held-out data (seeds never used in training):
+
+* ``generic_2d``: 100 domain-randomised scenes of :mod:`.synthetic` (grey, H&E-like, fluorescence-like),
+* ``medical_2d``: 60 CT- and MRI-like slices of :mod:`.anatomy` (abdomen, thorax, head),
+* ``medical_3d``: 12 CT- and MRI-like volumes (24 x 160 x 160, slices 3 px apart),
+
+one random object each (>= 30 pixels on its largest slice); CT in Hounsfield units and MRI are brought to
+8 bits as the Session does with ``modality="ct"`` / ``"mri"``. And scikit-image's ``coins()``, labelled
+with the watershed recipe of scikit-image's own coins tutorial (Sobel elevation map, markers at grey
+< 30 and > 150, holes filled, objects < 100 px dropped; 24 coins).
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ import time
 import numpy as np
 
 import promptseg as ps
-from ..evaluate import dice, innermost, next_click, squiggle  # the same protocol as `promptseg evaluate`
+from ..evaluate import dice, innermost, next_click  # the same protocol as `promptseg evaluate`
+from ..preprocess import choose_intensity
+from . import anatomy
 from .synthetic import sample
+
+STARTS = ("click", "box", "squiggle")
 
 
 def evaluate_object(model, image: np.ndarray, gt: np.ndarray, n_clicks: int = 3, session_kwargs=None) -> dict:
-    """Dice after each click (deterministic protocol above) and with the bounding box, for one object.
+    """Dice after each click (the protocol above) and with the bounding box, for one 2D object; with the
+    masks of the first click and of the box, for drawing.
 
     image : uint8 (H, W) or (H, W, 3); gt : bool (H, W). Returns {"clicks": [d1, d2, ...], "box": d,
     "masks": {"click1": bool (H, W), "box": bool (H, W)}}.
@@ -44,11 +56,8 @@ def evaluate_object(model, image: np.ndarray, gt: np.ndarray, n_clicks: int = 3,
         scores.append(dice(pred.mask, gt))
     s.reset()
     rows, cols = np.flatnonzero(gt.any(axis=1)), np.flatnonzero(gt.any(axis=0))
-    pb = s.add_box((rows[0], cols[0]), (rows[-1], cols[-1]))
-    masks["box"] = pb.mask.copy()  # (a Prediction's mask is a view of the session's buffer: copy it now)
-    s.reset()
-    psq = s.add_scribble(squiggle(gt))
-    return {"clicks": scores, "box": dice(masks["box"], gt), "squiggle": dice(psq.mask, gt), "masks": masks}
+    masks["box"] = s.add_box((rows[0], cols[0]), (rows[-1], cols[-1])).mask.copy()  # (a view: copy it now)
+    return {"clicks": scores, "box": dice(masks["box"], gt), "masks": masks}
 
 
 def coins_labels() -> tuple[np.ndarray, np.ndarray]:
@@ -67,10 +76,16 @@ def coins_labels() -> tuple[np.ndarray, np.ndarray]:
     return im, measure.label(lab > 0).astype(np.int32)
 
 
+def _pick(rng: np.random.Generator, labels: np.ndarray, min_area: int):
+    """One random object with >= ``min_area`` pixels on its largest slice, as a bool mask, or None."""
+    flat = labels.reshape(-1, *labels.shape[-2:]) if labels.ndim == 3 else labels[None]
+    ids = [k for k in np.unique(labels) if k > 0 and max((sl == k).sum() for sl in flat) >= min_area]
+    return labels == rng.choice(ids) if ids else None
+
+
 def synthetic_set(n: int = 100, seed: int = 10_000_000, size: int = 256, min_area: int = 30):
-    """``n`` held-out synthetic (image, gt) pairs, one random object (>= ``min_area`` px) per image."""
-    out = []
-    i = 0
+    """``n`` held-out generic scenes (image uint8 (H, W, 3), gt bool (H, W)), one random object each."""
+    out, i = [], 0
     while len(out) < n:
         rng = np.random.default_rng([seed, i])
         i += 1
@@ -82,47 +97,63 @@ def synthetic_set(n: int = 100, seed: int = 10_000_000, size: int = 256, min_are
     return out
 
 
-def summarise(results: list[dict]) -> dict:
-    clicks = np.array([r["clicks"] for r in results])
-    box = np.array([r["box"] for r in results])
-    return {"n": len(results), "dice_1click": float(clicks[:, 0].mean()), "dice_3clicks": float(clicks[:, -1].mean()),
-            "dice_box": float(box.mean()), "dice_squiggle": float(np.mean([r["squiggle"] for r in results])),
-            "median_1click": float(np.median(clicks[:, 0])),
-            "frac_1click_dice_gt_0.8": float((clicks[:, 0] > 0.8).mean())}
-
-
-def click_protocol(model, pairs, max_clicks: int = 20) -> dict:
-    """``promptseg evaluate``'s protocol (:func:`promptseg.evaluate.evaluate`) on (image, gt) pairs, per start.
-
-    Returns {start: {"dice": mean Dice after the start prompt and each of ``max_clicks`` clicks,
-    "noc85", "noc90": mean prompts to reach that IoU (start prompt = 1), "never_falls": whether the mean
-    curve never decreases}} for starts click, box and squiggle.
-    """
-    from ..evaluate import evaluate
-
-    cases = [(f"synthetic {i}", im, gt.astype(np.int32), None) for i, (im, gt) in enumerate(pairs)]
-    out = {}
-    for start in ("click", "box", "squiggle"):
-        mean = evaluate(model, cases, start=start, max_clicks=max_clicks)["mean"]
-        d = mean["dice"]
-        out[start] = {"dice": [round(v, 4) for v in d], "noc85": mean["noc85"], "noc90": mean["noc90"],
-                      "never_falls": bool(np.all(np.diff(d) >= -1e-9))}
+def medical_set(n: int, dims: int, seed: int = 20_000_000, min_area: int = 30):
+    """``n`` held-out CT-/MRI-like slices (``dims=2``, 256 x 256) or volumes (``dims=3``, 24 x 160 x 160)
+    as (image uint8, gt bool); half CT (soft-tissue window), half MRI (non-zero percentiles)."""
+    out, i = [], 0
+    while len(out) < n:
+        rng = np.random.default_rng([seed + dims, i])
+        modality = "ct" if i % 2 == 0 else "mri"
+        i += 1
+        shape = (256, 256) if dims == 2 else (24, 160, 160)
+        tissue, labels = anatomy.scene(rng, shape, z_step=3.0)
+        raw = (anatomy.render_ct if modality == "ct" else anatomy.render_mri)(rng, tissue, 3.0)
+        gt = _pick(rng, labels, min_area)
+        if gt is not None:
+            image = choose_intensity(raw, rgb=False, modality=modality).apply(raw)[..., 0]
+            out.append((image, gt))
     return out
 
 
-def run(model, n_synthetic: int = 100, png: str | None = None) -> dict:
-    """Evaluate ``model`` on held-out synthetic data and on coins; optionally draw coins predictions to ``png``."""
-    t0 = time.perf_counter()
-    pairs = synthetic_set(n_synthetic)
-    syn = [evaluate_object(model, im, gt) for im, gt in pairs]
+def click_protocol(model, pairs, max_clicks: int = 20, **session_kwargs) -> dict:
+    """The protocol (module docstring) on (image, gt) pairs, per start: {start: {"dice": mean Dice after
+    the start prompt and each click, "median_first", "noc85", "noc90", "never_falls"}}."""
+    from ..evaluate import evaluate
+
+    cases = [(f"case {i}", im, gt.astype(np.int32), None) for i, (im, gt) in enumerate(pairs)]
+    out = {}
+    for start in STARTS:
+        rep = evaluate(model, cases, start=start, max_clicks=max_clicks, **session_kwargs)
+        d = rep["mean"]["dice"]
+        out[start] = {"dice": [round(v, 4) for v in d], "median_first": float(np.median([o["dice"][0] for o in rep["objects"]])),
+                      "noc85": rep["mean"]["noc85"], "noc90": rep["mean"]["noc90"],
+                      "never_falls": bool(np.all(np.diff(d) >= -1e-9)), "ms_per_prompt": rep["mean"]["ms_per_prompt"]}
+    return out
+
+
+def heldout(n_generic: int = 100, n_medical_2d: int = 60, n_medical_3d: int = 12) -> dict:
+    """The held-out sets by name: {name: [(image, gt), ...]} (see the module docstring)."""
     im, lab = coins_labels()
-    coins = [evaluate_object(model, im, lab == k) for k in range(1, lab.max() + 1)]
-    report = {"synthetic": summarise(syn), "coins": summarise(coins),
-              "synthetic_20_clicks": click_protocol(model, pairs),
-              "coins_20_clicks": click_protocol(model, [(im, lab == k) for k in range(1, lab.max() + 1)]),
-              "seconds": time.perf_counter() - t0}
+    return {"generic_2d": synthetic_set(n_generic), "medical_2d": medical_set(n_medical_2d, 2),
+            "medical_3d": medical_set(n_medical_3d, 3), "coins": [(im, lab == k) for k in range(1, lab.max() + 1)]}
+
+
+def run(model, png: str | None = None, **session_kwargs) -> dict:
+    """The protocol on every held-out set, plus the synthetic sets pooled (``all_synthetic``); optionally
+    draw the coins' one-click and box masks to ``png``."""
+    t0 = time.perf_counter()
+    sets = heldout()
+    report = {name: click_protocol(model, pairs, **session_kwargs) for name, pairs in sets.items()}
+    n = {name: len(sets[name]) for name in ("generic_2d", "medical_2d", "medical_3d")}
+    report["all_synthetic"] = {start: {
+        key: (np.sum([np.asarray(report[k][start][key]) * n[k] for k in n], axis=0) / sum(n.values())).round(4).tolist()
+        for key in ("dice", "noc85", "noc90")} for start in STARTS}
+    for start in STARTS:
+        report["all_synthetic"][start]["never_falls"] = bool(np.all(np.diff(report["all_synthetic"][start]["dice"]) >= -1e-9))
+    report["seconds"] = time.perf_counter() - t0
     if png:
-        _draw(im, lab, coins, png)
+        im, lab = coins_labels()
+        _draw(im, lab, [evaluate_object(model, im, lab == k, session_kwargs=session_kwargs) for k in range(1, lab.max() + 1)], png)
     return report
 
 
@@ -166,18 +197,28 @@ def _draw(im: np.ndarray, lab: np.ndarray, coins: list[dict], path: str) -> None
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [PNG]
-    import sys
+if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [--zoom off] [--png P] [--json J]
+    import argparse
 
     import torch
 
     from .trainer import load_config
 
+    ap = argparse.ArgumentParser(description="evaluate a trained checkpoint on the held-out sets")
+    ap.add_argument("checkpoint")
+    ap.add_argument("config")
+    ap.add_argument("--zoom", choices=["on", "off"], default="on", help="the Session's zoom windows (default on)")
+    ap.add_argument("--png", help="draw the coins' one-click and box masks here")
+    ap.add_argument("--json", help="write the report here as well")
+    args = ap.parse_args()
     torch.set_num_threads(1)
-    ckpt, cfg_path = sys.argv[1], sys.argv[2]
-    m = load_config(cfg_path)["model"]
+    m = load_config(args.config)["model"]
     spec = ps.ModelSpec("eval_trained", m["arch"], "eval.pt", input_size=m["image_size"], arch_kwargs=m["arch_kwargs"],
-                        pixel_mean=tuple(m["pixel_mean"]), pixel_std=tuple(m["pixel_std"]))
+                        pixel_mean=tuple(m["pixel_mean"]), pixel_std=tuple(m["pixel_std"]), zoom=args.zoom == "on")
     ps.register_model(spec, overwrite=True)
-    model = ps.load_model("eval_trained", checkpoint=ckpt, device="cpu")
-    print(json.dumps(run(model, png=sys.argv[3] if len(sys.argv) > 3 else None), indent=2))
+    model = ps.load_model("eval_trained", checkpoint=args.checkpoint, device="cpu")
+    text = json.dumps(run(model, png=args.png), indent=1)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    print(text)

@@ -120,6 +120,37 @@ def correction_click(rng: np.random.Generator | None, gt: np.ndarray, pred: np.n
     return _pick(rng, dist ** centre_power), bool(positive)
 
 
+def coarse_mask(rng: np.random.Generator, labels: np.ndarray, k: int, magnification: float) -> np.ndarray:
+    """What a full-view prediction of object ``k`` looks like inside a zoom window (the Session's first
+    ``mask_input`` there): the object seen through the full view's coarser grid, sometimes merged with a
+    touching neighbour, grown or shrunk.
+
+    labels : int (H, W) in the zoomed image; magnification : zoomed pixels per full-view pixel (1 = none).
+    Returns bool (H, W), never empty.
+    """
+    from scipy import ndimage as ndi
+
+    m = labels == k
+    cell = 4.0 * magnification  # one full-view logit cell, in zoomed pixels
+    if rng.random() < 0.3:  # merged with a neighbour, a common full-view mistake
+        ring = ndi.binary_dilation(m, iterations=max(1, int(cell / 2))) & ~m & (labels > 0)
+        if ring.any():
+            m = m | (labels == rng.choice(np.unique(labels[ring])))
+    if rng.random() < 0.15:  # a part missed: everything beyond a random line through the object is dropped
+        rc = np.argwhere(m)
+        d = rc @ np.array([np.cos(a := rng.uniform(0, 2 * np.pi)), np.sin(a)])
+        cut = np.zeros_like(m)
+        cut[tuple(rc[d > np.quantile(d, rng.uniform(0.5, 0.9))].T)] = True
+        m = m & ~cut
+    out = ndi.gaussian_filter(m.astype(np.float32), cell * rng.uniform(0.25, 0.9)) > rng.uniform(0.3, 0.7)
+    grow = int(round(rng.normal(0, 0.5) * cell))
+    if grow > 0:
+        out = ndi.binary_dilation(out, iterations=grow)
+    elif grow < 0:
+        out = ndi.binary_erosion(out, iterations=-grow)
+    return out if out.any() else labels == k
+
+
 def to_xy(rc: np.ndarray) -> np.ndarray:
     """(N, 2) (row, col) -> (N, 2) SAM (x, y), same pixel scale."""
     rc = np.asarray(rc, dtype=np.float64).reshape(-1, 2)

@@ -25,16 +25,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import zoom
 from ..models.build import build_sam
+from ..preprocess import Frame
+from . import anatomy
+from . import prompts as P
 from .episodes import Episode, StepData, as_is, decode_batch
 from .synthetic import sample
 
 DEFAULTS = {
     "model": {"arch": "cnn_small", "image_size": 256, "arch_kwargs": {}, "init": "",
               "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]},
-    "data": {"min_area": 30, "p_non_square": 0.3},
+    "data": {"min_area": 30, "p_non_square": 0.3, "p_medical": 0.0, "p_zoom": 0.0, "zoom_expand": [1.25, 2.2]},
     "prompts": {"p_click": 0.6, "p_box": 0.3, "p_squiggle": 0.1, "p_correct": 0.5, "max_corrections": 2,
-                "p_squiggle_correct": 0.0},
+                "p_squiggle_correct": 0.0, "p_prior": 0.0, "p_prior_full": 0.0},
     "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
               "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": [],
@@ -70,18 +74,55 @@ def lr_at(step: int, t: dict) -> float:
     return t["min_lr"] + 0.5 * (t["lr"] - t["min_lr"]) * (1 + math.cos(math.pi * frac))
 
 
+def _chance(rng: np.random.Generator, p: float) -> bool:
+    """True with probability ``p``; draws nothing when ``p`` is 0 (older configs keep their random streams)."""
+    return p > 0 and rng.random() < p
+
+
 def _draw(rng: np.random.Generator, size: int, cfg: dict):
-    """One image (h, w <= size) with at least one object of ``min_area`` pixels; returns image, labels, ids."""
+    """One training image (h, w <= size) with at least one object of ``min_area`` pixels.
+
+    A generic scene (:mod:`.synthetic`) or, with probability ``p_medical``, a CT-/MRI-like slice
+    (:mod:`.anatomy`); with probability ``p_zoom`` it is then replaced by a zoom window around one of its
+    objects, enlarged to ``size`` as the Session's zoom does (:mod:`promptseg.zoom`).
+
+    Returns image uint8 (h, w, 3), labels int32 (h, w), the ids to prompt, and the magnification of a
+    zoom window (None for a whole scene). A window's ids repeat its one object: every episode is on it.
+    """
+    d = cfg["data"]
     while True:
         shape = (size, size)
-        if rng.random() < cfg["data"]["p_non_square"]:
+        if rng.random() < d["p_non_square"]:
             short = int(rng.integers(size // 2, size))
             shape = (short, size) if rng.random() < 0.5 else (size, short)
-        image, labels = sample(rng, shape)
+        image, labels = (anatomy.sample if _chance(rng, d["p_medical"]) else sample)(rng, shape)
         ids, counts = np.unique(labels, return_counts=True)
-        ok = ids[(ids > 0) & (counts >= cfg["data"]["min_area"])]
-        if len(ok):
-            return image, labels, ok
+        ok = ids[(ids > 0) & (counts >= d["min_area"])]
+        if not len(ok):
+            continue
+        if _chance(rng, d["p_zoom"]):
+            k = int(rng.choice(ok))
+            win = zoom.window(zoom.box_of(labels == k), labels.shape, size, expand=rng.uniform(*d["zoom_expand"]),
+                              shift=rng.uniform(-0.1, 0.1, 2))
+            if win is not None:
+                r0, r1, c0, c1 = win
+                frame = Frame.for_shape((r1 - r0, c1 - c0), size)
+                lab = zoom.resize_labels(labels[r0:r1, c0:c1], frame.input)
+                if (lab == k).sum() >= d["min_area"]:
+                    img = frame.resize(np.ascontiguousarray(image[r0:r1, c0:c1]))
+                    return img, lab, np.full(cfg["train"]["objects_per_image"], k), frame.input[0] / (r1 - r0)
+        return image, labels, ok, None
+
+
+def _prior(rng: np.random.Generator, labels: np.ndarray, k: int, magnification, pr: dict, size: int, lowres: int):
+    """The first round's mask_input of an episode on object ``k``, (1, 1, L, L) logits, or None:
+    a coarse mask (:func:`.prompts.coarse_mask`) with probability ``p_prior`` on a zoom window (the
+    Session always gives one there) and ``p_prior_full`` on a whole scene (a mask to correct)."""
+    if not _chance(rng, pr["p_prior"] if magnification is not None else pr["p_prior_full"]):
+        return None
+    m = P.coarse_mask(rng, labels, k, magnification or 1.0)
+    h, w = m.shape
+    return torch.from_numpy(Frame((h, w), (h, w), size).mask_to_lowres(m, lowres))[None]
 
 
 def _lowres_target(mask: np.ndarray, size: int, lowres: int, device="cpu") -> torch.Tensor:
@@ -107,7 +148,7 @@ def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, 
     return focal, dice, (iou_pred - iou.float()) ** 2, iou
 
 
-def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator, cfg: dict):
+def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator, cfg: dict, prior=None):
     """One simulated interactive episode on one object; returns the summed loss terms and the IoUs."""
     t = cfg["train"]
     size = sam.image_encoder.img_size
@@ -115,7 +156,7 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
     dev = emb.device
     target = _lowres_target(mask, size, lowres, dev)
     pe = sam.prompt_encoder
-    ep = Episode(rng, mask, cfg["prompts"])
+    ep = Episode(rng, mask, cfg["prompts"], prior)
     total = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
     ious = []
     for r in range(ep.n_rounds):
@@ -152,14 +193,15 @@ def _feed_back(ep: Episode, low, iou_pred, multimask: bool, size: int) -> np.nda
 def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict):
     """All episodes of a step in lockstep, one batched decoder call per round (:func:`decode_batch`).
 
-    ``items``: (image index into ``emb``, bool mask) per episode. Returns summed terms, IoUs, count.
+    ``items``: (image index into ``emb``, bool mask, prior logits or None) per episode. Returns summed
+    terms, IoUs, count.
     """
     t = cfg["train"]
     size = sam.image_encoder.img_size
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
     dev, pe = emb.device, sam.prompt_encoder
-    eps = [Episode(rng, mask, cfg["prompts"]) for _, mask in items]
-    targets = [_lowres_target(mask, size, lowres, dev) for _, mask in items]
+    eps = [Episode(rng, mask, cfg["prompts"], prior) for _, mask, prior in items]
+    targets = [_lowres_target(mask, size, lowres, dev) for _, mask, _ in items]
     active, r = list(range(len(eps))), 0  # the episodes that go on to round r
     total, ious = {"focal": 0.0, "dice": 0.0, "iou": 0.0}, []
     while active:
@@ -252,23 +294,24 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(loader) if loader is not None else [_draw(rng, size, cfg) for _ in range(t["batch_size"])]
-        x = torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None].to(dev)) for im, _, _ in batch])
+        x = torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None].to(dev)) for im, *_ in batch])
         with torch.set_grad_enabled(not encoder_frozen):
             emb = sam.image_encoder(x)
         terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
         ious, n = [], 0
+        lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
+        items = [(b, labels == k, _prior(rng, labels, k, mag, cfg["prompts"], size, lowres))
+                 for b, (_, labels, ids, mag) in enumerate(batch)
+                 for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
         if t["batched_episodes"]:
-            items = [(b, labels == k) for b, (_, labels, ids) in enumerate(batch)
-                     for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
             terms, ious, n = _episodes_batched(sam, emb, items, rng, cfg)
         else:
-            for b, (_, labels, ids) in enumerate(batch):
-                for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False):
-                    tot, iu = _episode(sam, emb[b:b + 1], labels == k, rng, cfg)
-                    for key in terms:
-                        terms[key] = terms[key] + tot[key]
-                    ious += iu
-                    n += 1
+            for b, mask, prior in items:
+                tot, iu = _episode(sam, emb[b:b + 1], mask, rng, cfg, prior)
+                for key in terms:
+                    terms[key] = terms[key] + tot[key]
+                ious += iu
+                n += 1
         loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]) / n
         opt.zero_grad(set_to_none=True)
         loss.backward()

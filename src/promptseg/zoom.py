@@ -1,0 +1,258 @@
+"""Zoom: predict a small object again from a crop around it, encoded at the model's full input size.
+
+A model's low-resolution logits are ``input_size / 4`` cells across the whole image (64 for the shipped
+default, whose input is 256 px), so an object a few cells wide cannot get an exact boundary however
+many clicks it gets. When the object is small next to the image, the Session cuts a square *window*
+around it (the object's box grown by :data:`EXPAND`, at least ``input_size * MIN_FRACTION`` pixels),
+embeds that window as an image of its own (kept in memory) and decodes the prompts that fall inside it,
+with the full view's mask as the first ``mask_input``; later clicks feed the window's own logits back.
+The full view still runs first on every prompt: it finds the object's extent, and so where the window
+goes. The window moves only when the object or a positive prompt reaches its margin (:func:`keeps`), so
+a correction click reuses the window's embedding and the logits it fed back.
+
+A viewer can set ``Session.defer_zoom``: a prompt then returns the full view's mask at once (one decoder
+pass), and ``Session.refine()``, called once that mask is on screen, does the zoom step and completes the
+prompt's undo step; the masks are the same as without deferring.
+
+The trainer cuts the same windows around training objects (:func:`window` with a random growth), so the
+model learns the enlarged, softer crops it is given here.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._state import unpack
+from .preprocess import Frame
+
+EXPAND = 1.6  # window side = EXPAND x the longest side of the object's box
+MIN_FRACTION = 0.25  # window side >= input_size * MIN_FRACTION image pixels: at most 4x magnification
+MAX_FRACTION = 2 / 3  # zoom only when the window's side is at most this fraction of the image's longest side
+MARGIN = 0.08  # a window is kept while the object stays this fraction of its side away from its edges
+
+
+def window(core: tuple, plane: tuple[int, int], input_size: int, expand: float = EXPAND, shift=(0.0, 0.0)):
+    """The zoom window around an object's box, or None when zooming would not magnify it enough.
+
+    Parameters
+    ----------
+    core : (r0, r1, c0, c1) half-open box (pixels of the plane) of the object and its positive prompts.
+    plane : (H, W) of the image plane.
+    input_size : the model's input side (pixels).
+    expand : window side over the box's longest side.
+    shift : (row, col) offset of the window's centre, in units of its side (training draws it).
+
+    Returns
+    -------
+    (r0, r1, c0, c1) half-open, inside the plane, square unless cut by the plane's border; or None.
+    """
+    r0, r1, c0, c1 = core
+    h, w = plane
+    side = max(expand * max(r1 - r0, c1 - c0), input_size * MIN_FRACTION)
+    if side > MAX_FRACTION * max(h, w):
+        return None
+    side = int(np.ceil(side))
+    out = []
+    for a, b, n, d in ((r0, r1, h, shift[0]), (c0, c1, w, shift[1])):
+        s = min(side, n)
+        start = int(round((a + b) / 2 + d * s - s / 2))
+        start = min(max(start, 0), n - s)
+        out += [start, start + s]
+    return tuple(out)
+
+
+def keeps(win: tuple, core: tuple, plane: tuple[int, int], input_size: int) -> bool:
+    """Whether window ``win`` still serves an object whose box (with its positive prompts) is ``core``.
+
+    It does while the box stays :data:`MARGIN` of the side away from every window edge that is not the
+    image border, and while the window is not more than twice the size a new one would have.
+    """
+    r0, r1, c0, c1 = core
+    wr0, wr1, wc0, wc1 = win
+    m = MARGIN * max(wr1 - wr0, wc1 - wc0)
+    h, w = plane
+    inside = ((r0 >= wr0 + m or wr0 == 0) and (r1 <= wr1 - m or wr1 == h)
+              and (c0 >= wc0 + m or wc0 == 0) and (c1 <= wc1 - m or wc1 == w))
+    new = window(core, plane, input_size)
+    return inside and new is not None and max(wr1 - wr0, wc1 - wc0) <= 2 * max(new[1] - new[0], new[3] - new[2])
+
+
+def box_of(mask: np.ndarray | None, points=(), box=None) -> tuple | None:
+    """Half-open (r0, r1, c0, c1) around a bool mask (H, W), (row, col) points and a (r0, c0, r1, c1)
+    box; None when all are empty."""
+    rows, cols = [], []
+    if mask is not None and mask.any():
+        rr, cc = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        rows += [rr[0], rr[-1]]
+        cols += [cc[0], cc[-1]]
+    for r, c in points:
+        rows.append(r)
+        cols.append(c)
+    if box is not None:
+        rows += [box[0], box[2]]
+        cols += [box[1], box[3]]
+    if not rows:
+        return None
+    return int(np.floor(min(rows))), int(np.floor(max(rows))) + 1, int(np.floor(min(cols))), int(np.floor(max(cols))) + 1
+
+
+def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an int label image (h, w) to ``hw`` (pixel centres mapped)."""
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(hw[0]) + 0.5) * h / hw[0]).astype(int), h - 1)
+    cols = np.minimum(((np.arange(hw[1]) + 0.5) * w / hw[1]).astype(int), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+
+class ZoomView(NamedTuple):
+    """A slice's zoom window (r0, r1, c0, c1), the (1, L, L) float32 logits predicted in it, and the mask
+    they gave (packed ``bits`` over ``extent``, as in ``_state.pack``)."""
+
+    window: tuple
+    logits: np.ndarray
+    bits: np.ndarray | None = None
+    extent: tuple | None = None
+
+
+class Pending(NamedTuple):
+    """A slice whose zoom step was deferred (``Session.defer_zoom``); ``previous``: its last ZoomView."""
+
+    previous: ZoomView | None
+
+
+def features(session, k: int, win: tuple):
+    """(1, C, g, g) embedding of window ``win`` of slice ``k``, kept in the session's small memory cache."""
+    cache = session._zoom_cache
+    key = (k, win)
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    emb = session.embedder
+    r0, r1, c0, c1 = win
+    rgb = emb.intensity.apply(emb.raw_slice(k)[r0:r1, c0:c1])
+    frame = Frame.for_shape((r1 - r0, c1 - c0), session.model.input_size, session.model.spec.resize)
+    cache[key] = session.model.encode([frame.resize(rgb)])
+    while len(cache) > 8:
+        cache.popitem(last=False)
+    return cache[key]
+
+
+def _crop_of(bits, extent, win: tuple) -> np.ndarray:
+    """A packed mask (``bits`` over ``extent``, see ``_state.pack``) inside window ``win``: bool (h, w)."""
+    r0, r1, c0, c1 = win
+    out = np.zeros((r1 - r0, c1 - c0), bool)
+    if bits is not None:
+        m = unpack(bits, extent)
+        a, b, c, d = max(extent[0], r0), min(extent[1], r1), max(extent[2], c0), min(extent[3], c1)
+        if a < b and c < d:
+            out[a - r0:b - r0, c - c0:d - c0] = m[a - extent[0]:b - extent[0], c - extent[2]:d - extent[2]]
+    return out
+
+
+def _seed(full, previous: ZoomView | None, win: tuple, cell: int) -> np.ndarray:
+    """The mask a new window starts from, bool (h, w) in the window: the full view's mask, but where an
+    earlier window's (finer) mask lies within one full-view cell of it, that mask's boundary."""
+    new = _crop_of(full.bits, full.extent, win)
+    if previous is None or previous.bits is None:
+        return new
+    from scipy import ndimage as ndi
+
+    old = _crop_of(previous.bits, previous.extent, win)
+    near_new = ndi.distance_transform_edt(~new) <= cell if new.any() else np.zeros_like(new)
+    near_old = ndi.distance_transform_edt(~old) <= cell if old.any() else np.zeros_like(old)
+    return (old & near_new) | (new & ~near_old)
+
+
+def _at_inner_edge(extent: tuple, win: tuple, plane: tuple[int, int]) -> bool:
+    """Whether a mask's extent reaches an edge of the window that is not the image border."""
+    r0, r1, c0, c1 = extent
+    wr0, wr1, wc0, wc1 = win
+    return (r0 <= wr0 and wr0 > 0) or (r1 >= wr1 and wr1 < plane[0]) or (c0 <= wc0 and wc0 > 0) or \
+        (c1 >= wc1 and wc1 < plane[1])
+
+
+def refine(session, k: int, full, previous: ZoomView | None, rc: np.ndarray, flags: np.ndarray, box, scribbles):
+    """Zoom into the object of slice ``k`` and predict it again there (see the module docstring).
+
+    Parameters
+    ----------
+    session : the Session (its model, embedder, plane shape and threshold are used).
+    full : the SliceState just predicted on the full view (logits, score, mask).
+    previous : the slice's zoom view before this prompt, or None.
+    rc, flags : (N, 2) (row, col) points in the plane and (N,) bool (positive), squiggle points included.
+    box : the slice's Box or None; scribbles : the slice's ((stroke, positive), ...).
+
+    Returns
+    -------
+    ``full`` with the zoomed mask, score and ``zoom`` view, or ``full`` unchanged when the object is too
+    large to gain from zooming (or there is nothing to zoom on).
+    """
+    from dataclasses import replace
+
+    from ._state import pack_crop, strokes_for
+
+    plane, model = session._plane_shape(), session.model
+    size, lowres = model.input_size, model.lowres_size
+    corners = [] if full.extent is None else [(full.extent[0], full.extent[2]), (full.extent[1] - 1, full.extent[3] - 1)]
+    bx = None if box is None else (box.r0, box.c0, box.r1, box.c1)
+    core = box_of(None, [tuple(p) for p in rc[flags]] + corners, bx)
+    if core is None:
+        return full
+    if previous is not None and keeps(previous.window, core, plane, size):
+        win, prior = previous.window, previous.logits
+    else:
+        win, prior = window(core, plane, size), None
+    if win is None:
+        return full
+    cell = int(np.ceil(max(plane) / lowres))  # a full-view logit cell, in image pixels
+    seed = None if prior is not None else _seed(full, previous, win, cell)  # a new window's first mask_input
+    for _attempt in range(2):  # a second time when the zoomed mask runs into the window's edge
+        r0, r1, c0, c1 = win
+        frame = Frame.for_shape((r1 - r0, c1 - c0), size, model.spec.resize)
+        if prior is None:
+            prior = frame.mask_to_lowres(seed, lowres)
+        inside = (rc[:, 0] >= r0) & (rc[:, 0] < r1) & (rc[:, 1] >= c0) & (rc[:, 1] < c1)
+        local = rc[inside] - (r0, c0)
+        xy, labels = (frame.to_input_xy(local), flags[inside].astype(int)) if len(local) else (None, None)
+        box_in = None
+        if bx is not None:
+            box_in = frame.box_to_input(max(bx[0], r0) - r0, max(bx[1], c0) - c0, min(bx[2], r1 - 1) - r0,
+                                        min(bx[3], c1 - 1) - c0)
+        strokes = strokes_for(model, frame, scribbles, (r0, c0))
+        low, iou = model.decode(features(session, k, win), xy, labels, box_in, prior, False, strokes)
+        hit = model.mask(low[0], frame.input, frame.original, session.threshold)
+        bits, extent = pack_crop(None if hit is None else (hit[0], (hit[1][0] + r0, hit[1][1] + c0)))
+        if extent is None or not _at_inner_edge(extent, win, plane):
+            break
+        e = extent  # the object goes on beyond the window: a larger one around both, seeded with this mask
+        grown = window((min(core[0], e[0]), max(core[1], e[1]), min(core[2], e[2]), max(core[3], e[3])), plane, size)
+        if grown is None:  # too large to gain from a window: the full view's prediction stands
+            return full
+        if grown == win:
+            break
+        win, prior, seed = grown, None, _crop_of(bits, extent, grown)
+    return replace(full, bits=bits, extent=extent, score=float(iou[0]),
+                   zoom=ZoomView(win, low[0:1].copy(), bits, extent))
+
+
+def refine_pending(session) -> dict:
+    """The deferred zoom steps of a session's slices, as an undo step {slice: (pending, refined)}; each
+    refined state also replaces the pending one in the undo record that made it."""
+    from dataclasses import replace
+
+    from ._state import points_of
+
+    step = {}
+    for k, st in session._states.items():
+        if isinstance(st.zoom, Pending):
+            rc, flags = points_of(st)
+            step[k] = (st, refine(session, k, replace(st, zoom=None), st.zoom.previous, rc, flags, st.box, st.scribbles))
+    for k, (pending, done) in step.items():
+        for rec in reversed(session._undo):
+            if k in rec and rec[k][1] is pending:
+                rec[k] = (rec[k][0], done)
+                break
+    return step
