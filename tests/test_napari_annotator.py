@@ -294,6 +294,7 @@ def test_p_propagates_through_the_volume(make_napari_viewer, qtbot, messages):
     qtbot.waitUntil(lambda: len(w.embedded) == 8, timeout=30000)
     viewer.dims.current_step = (4, 0, 0)
     w.layers.shapes.add_rectangles([[[4, 12, 12], [4, 12, 36], [4, 36, 36], [4, 36, 12]]])
+    qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)  # the box's deferred zoom step, if any
     before = viewer.layers["current object"].data.copy()
     _press(w.layers.points, "p")
     after = viewer.layers["current object"].data

@@ -229,7 +229,8 @@ def test_zoom_windows_for_training_keep_image_and_labels_aligned():
     rng = np.random.default_rng(2)
     seen = 0
     for _ in range(12):
-        img, lab, ids, mag = _draw(rng, 128, cfg)
+        img, lab, ids, src = _draw(rng, 128, cfg)
+        mag = None if src is None else src.magnification
         assert img.shape[:2] == lab.shape and max(img.shape[:2]) == 128
         if mag is not None:  # a window: every episode is on its one object, enlarged 1.5-4x
             seen += 1
@@ -250,3 +251,19 @@ def test_coarse_priors_look_like_a_full_view_prediction():
         assert m.any()
         dices.append(ps.evaluate.dice(m, lab == 1))
     assert 0.6 < np.median(dices) < 0.99 and min(dices) < 0.9  # near the object, never exactly it
+
+
+def test_zoom_windows_train_with_the_models_own_full_view_masks(tmp_path, monkeypatch):
+    """With p_self_prior the first mask_input of a window's episodes is the model's own full-view mask."""
+    from promptseg.train import trainer
+
+    seen = []
+    real = trainer._own_priors
+    monkeypatch.setattr(trainer, "_own_priors", lambda *a: seen.append(real(*a)) or seen[-1])
+    cfg_path = tmp_path / "zoom.toml"
+    cfg_path.write_text(TINY.replace("[data]", "[data]\np_zoom = 1.0\np_medical = 0.5")
+                        + "[prompts]\np_prior = 1.0\np_self_prior = 1.0\n")
+    path = train(cfg_path, tmp_path / "run")
+    assert torch.load(path, weights_only=True)
+    masks = [m for step in seen for m in step.values()]
+    assert masks and all(m.dtype == bool and m.ndim == 2 for m in masks)

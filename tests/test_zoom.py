@@ -160,3 +160,25 @@ def test_a_new_window_keeps_the_earlier_window_boundary_where_the_full_view_agre
     seed = zoom._seed(full, previous, (0, 200, 0, 200), cell=4)
     # the earlier fine disk where the full view agrees, the full view's new part elsewhere
     assert np.array_equal(seed, fine | ((rr - 150) ** 2 + (cc - 150) ** 2 < 15**2))
+
+
+def test_the_full_view_stays_until_the_window_predicts_at_least_its_iou(default_model, monkeypatch):
+    img, gt = _ellipse()
+    full = ps.Session(default_model, img, zoom=False).add_point((400, 610)).mask.copy()
+    s = ps.Session(default_model, img, zoom=True)
+    real = default_model.decode
+
+    def doubtful(features, *args):  # the window's decoder pass (not the full view's) doubts its mask
+        low, iou = real(features, *args)
+        return (low, iou * 0.01) if features is not s._feature_cache.get(0) else (low, iou)
+
+    monkeypatch.setattr(default_model, "decode", doubtful)
+    first = s.add_point((400, 610))
+    assert np.array_equal(first.mask, full) and not s._states[0].zoom.own
+    assert s._states[0].zoom.window[1] - s._states[0].zoom.window[0] < 200  # the window is kept for the next click
+    monkeypatch.setattr(default_model, "decode", real)
+    second = s.add_point((400, 612))
+    assert s._states[0].zoom.own and dice(second.mask, gt) > 0.95 and dice(second.mask, gt) > dice(full, gt)
+    monkeypatch.setattr(default_model, "decode", doubtful)
+    third = s.add_point((395, 605))  # once the window has won, its mask is used whatever it predicts
+    assert s._states[0].zoom.own and not np.array_equal(third.mask, full)

@@ -17,6 +17,8 @@ a 20000 x 20000 slide costs memory only where objects are.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
@@ -65,6 +67,16 @@ class PromptLayers:
         self.points.mode = "add"
         viewer.layers.selection.active = self.points
         self.set_positive(True)
+        # prompts stay inside the image (the annotator removes any other), so they never change the
+        # viewer's dims; napari recomputes those on each data event, ~3 ms twice per click
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # napari frowns on plugins reading private names
+            handler = getattr(viewer, "_on_layers_change", None)
+        for layer in (self.points, self.shapes) if handler is not None else ():  # (None would drop every handler)
+            try:
+                layer.events.data.disconnect(handler)
+            except (TypeError, ValueError, RuntimeError):  # another napari: keep its handler
+                pass
 
     @property
     def multiscale(self) -> bool:

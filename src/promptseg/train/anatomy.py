@@ -1,16 +1,17 @@
 """CT- and MRI-like scenes with exact instance labels, as 2D slices or 3D volumes.
 
 A body (abdomen or thorax) or a head is laid out as tissues — fat, muscle, organs, vessels, bone, lung,
-bowel gas, brain, fluid — with instance labels for what annotators segment (organs, lesions of irregular
-shape and often low contrast, vertebrae, kidneys, lungs, lung nodules, ventricles, tumours and their
-oedema). It is then rendered either in Hounsfield units (CT: a value per tissue drawn from its usual
+bowel gas, brain, fluid — with instance labels for what annotators segment (the body outline, organs, lesions of
+irregular shape and often low contrast, vertebrae, kidneys, lungs, lung nodules, the skull, the brain,
+ventricles, tumours and their oedema). It is then rendered either in Hounsfield units (CT: a value per tissue drawn from its usual
 range, texture, scanner blur, quantum noise; int16) or in arbitrary MRI units (T1- or T2-like contrast
 or, SynthSeg-style, random contrast per tissue, a multiplicative bias field, Rician noise; uint16). The
 raw image reaches the encoder through promptseg's own preprocessing, as at inference (:func:`to_rgb`).
 
 Geometry is in in-plane pixels; a volume's slices are ``z_step`` pixels apart (anisotropic voxels). A 2D
 draw is the plane ``z = z0`` of a 3D layout, so organs are cut at every level and some are absent.
-Labels: int32, 0 = background; an organ's label excludes the lesions inside it (each lesion has its own).
+Labels: int32, 0 = background; an organ's label excludes the lesions inside it (each lesion has its own),
+as the body's and the brain's exclude the organs and structures inside them.
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ def _body(L: Layout, thorax: bool) -> None:
     b = min(a * rng.uniform(0.6, 0.85), h * 0.47)
     cy, cx = h / 2 + rng.normal(0, 0.03 * h), w / 2 + rng.normal(0, 0.03 * w)
     zr = 4 * a
-    body = L.paint(L.blob((0, cy, cx), (zr, b, a), 0.02), FAT, label=False)
+    # the body outline is an object too (its label: what no organ inside takes): without it, a large
+    # bright region on dark air was never a target, and a model learnt to segment only a part of one
+    body = L.paint(L.blob((0, cy, cx), (zr, b, a), 0.02), FAT)
     if body is None:
         return
     inner = ndi.binary_erosion(body, _IN_PLANE, iterations=max(1, int(a * rng.uniform(0.03, 0.09))))
@@ -178,9 +181,8 @@ def _head(L: Layout) -> None:
     scalp = L.paint(L.blob((0, cy, cx), (zr, min(b, h * 0.48), a), 0.01), FAT, label=False)
     if scalp is None:
         return
-    skull = L.paint(L.blob((0, cy, cx), (zr * 0.95, min(b, h * 0.48) * 0.95, a * 0.95), 0.01), BONE, label=False)
-    brain = L.paint(L.blob((0, cy, cx), (zr * 0.87, min(b, h * 0.48) * 0.86, a * 0.86), 0.02, within=skull), GM,
-                    label=False)
+    skull = L.paint(L.blob((0, cy, cx), (zr * 0.95, min(b, h * 0.48) * 0.95, a * 0.95), 0.01), BONE)
+    brain = L.paint(L.blob((0, cy, cx), (zr * 0.87, min(b, h * 0.48) * 0.86, a * 0.86), 0.02, within=skull), GM)
     if brain is None:
         return
     wm = ndi.binary_erosion(brain, _IN_PLANE, iterations=max(1, int(a * 0.06))) & (field(rng, L.shape, (3, a / 8, a / 8)) > -0.6)

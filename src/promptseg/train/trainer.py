@@ -9,6 +9,11 @@ and trains the best of the three masks (as SAM does); the other rounds use one m
 low-resolution logits against the area-downsampled ground truth: ``focal_weight * focal + dice``, plus
 the MSE between the IoU head and the actual IoU of each mask.
 
+Zoom windows (``p_zoom``): some images are a window around one object, enlarged to the input size as
+the Session's zoom (:mod:`promptseg.zoom`) does; their episodes start, as there, from a full-view mask
+as ``mask_input`` — the model's own prediction on the whole scene (``p_self_prior``) or a coarse,
+perturbed version of the truth.
+
 Every random draw of step ``k`` comes from generators seeded with ``(seed, k)``, so a resumed run
 continues exactly as an uninterrupted one would (up to float non-determinism).
 """
@@ -20,6 +25,7 @@ import math
 import time
 import tomllib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,7 +44,7 @@ DEFAULTS = {
               "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]},
     "data": {"min_area": 30, "p_non_square": 0.3, "p_medical": 0.0, "p_zoom": 0.0, "zoom_expand": [1.25, 2.2]},
     "prompts": {"p_click": 0.6, "p_box": 0.3, "p_squiggle": 0.1, "p_correct": 0.5, "max_corrections": 2,
-                "p_squiggle_correct": 0.0, "p_prior": 0.0, "p_prior_full": 0.0},
+                "p_squiggle_correct": 0.0, "p_prior": 0.0, "p_prior_full": 0.0, "p_self_prior": 0.0},
     "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
               "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": [],
@@ -86,8 +92,9 @@ def _draw(rng: np.random.Generator, size: int, cfg: dict):
     (:mod:`.anatomy`); with probability ``p_zoom`` it is then replaced by a zoom window around one of its
     objects, enlarged to ``size`` as the Session's zoom does (:mod:`promptseg.zoom`).
 
-    Returns image uint8 (h, w, 3), labels int32 (h, w), the ids to prompt, and the magnification of a
-    zoom window (None for a whole scene). A window's ids repeat its one object: every episode is on it.
+    Returns image uint8 (h, w, 3), labels int32 (h, w), the ids to prompt, and for a zoom window the
+    :class:`Window` it was cut from (None for a whole scene). A window's ids repeat its one object: every
+    episode is on it.
     """
     d = cfg["data"]
     while True:
@@ -110,17 +117,63 @@ def _draw(rng: np.random.Generator, size: int, cfg: dict):
                 lab = zoom.resize_labels(labels[r0:r1, c0:c1], frame.input)
                 if (lab == k).sum() >= d["min_area"]:
                     img = frame.resize(np.ascontiguousarray(image[r0:r1, c0:c1]))
-                    return img, lab, np.full(cfg["train"]["objects_per_image"], k), frame.input[0] / (r1 - r0)
+                    src = Window(frame.input[0] / (r1 - r0), image, labels, k, win)
+                    return img, lab, np.full(cfg["train"]["objects_per_image"], k), src
         return image, labels, ok, None
 
 
-def _prior(rng: np.random.Generator, labels: np.ndarray, k: int, magnification, pr: dict, size: int, lowres: int):
-    """The first round's mask_input of an episode on object ``k``, (1, 1, L, L) logits, or None:
-    a coarse mask (:func:`.prompts.coarse_mask`) with probability ``p_prior`` on a zoom window (the
-    Session always gives one there) and ``p_prior_full`` on a whole scene (a mask to correct)."""
-    if not _chance(rng, pr["p_prior"] if magnification is not None else pr["p_prior_full"]):
+class Window(NamedTuple):
+    """Where a zoom-window training image came from: its magnification, the whole scene (image, labels),
+    the object id and the window (r0, r1, c0, c1) in the scene."""
+
+    magnification: float
+    image: np.ndarray
+    labels: np.ndarray
+    k: int
+    window: tuple
+
+
+def _own_priors(sam, batch: list, rng: np.random.Generator, size: int, dev) -> dict:
+    """The model's own full-view prediction of each zoom window's object — a lone click, the best of
+    three masks by predicted IoU, as a Session's first prompt — cut to the window and enlarged as it
+    was: {batch index: bool (h, w)}. What the Session's zoom starts from, so training sees it too."""
+    idx = [b for b, item in enumerate(batch) if item[3] is not None]
+    out = {}
+    if not idx:
+        return out
+    pe = sam.prompt_encoder
+    with torch.no_grad():
+        x = torch.cat([sam.preprocess(torch.from_numpy(batch[b][3].image).permute(2, 0, 1).float()[None].to(dev))
+                       for b in idx])
+        emb = sam.image_encoder(x)
+        for j, b in enumerate(idx):
+            src = batch[b][3]
+            click = torch.as_tensor(P.to_xy(P.first_click(rng, src.labels == src.k)[None]), dtype=torch.float, device=dev)
+            sparse, dense = pe(points=(click[None], torch.ones(1, 1, dtype=torch.int, device=dev)), boxes=None, masks=None)
+            low, iou = sam.mask_decoder(image_embeddings=emb[j:j + 1], image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                                        dense_prompt_embeddings=dense, multimask_output=True)
+            best = low[0, int(torch.argmax(iou[0]))]
+            h, w = src.labels.shape
+            full = (F.interpolate(best[None, None], (size, size), mode="bilinear", align_corners=False)[0, 0, :h, :w] > 0)
+            r0, r1, c0, c1 = src.window
+            out[b] = zoom.resize_labels(full[r0:r1, c0:c1].cpu().numpy(), batch[b][1].shape)
+    return out
+
+
+def _prior(rng: np.random.Generator, labels: np.ndarray, k: int, src, pr: dict, size: int, lowres: int, own=None):
+    """The first round's mask_input of an episode on object ``k``, (1, 1, L, L) logits, or None.
+
+    On a zoom window (``src`` its :class:`Window`; the Session always gives one there), with probability
+    ``p_prior``: the model's own full-view mask ``own`` (bool (h, w), see :func:`_own_priors`) with
+    probability ``p_self_prior``, else a coarse mask (:func:`.prompts.coarse_mask`). On a whole scene,
+    a coarse mask with probability ``p_prior_full`` (a mask to correct).
+    """
+    if not _chance(rng, pr["p_prior"] if src is not None else pr["p_prior_full"]):
         return None
-    m = P.coarse_mask(rng, labels, k, magnification or 1.0)
+    if own is not None and own.any() and _chance(rng, pr["p_self_prior"]):
+        m = own
+    else:
+        m = P.coarse_mask(rng, labels, k, src.magnification if src is not None else 1.0)
     h, w = m.shape
     return torch.from_numpy(Frame((h, w), (h, w), size).mask_to_lowres(m, lowres))[None]
 
@@ -300,8 +353,9 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
         ious, n = [], 0
         lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
-        items = [(b, labels == k, _prior(rng, labels, k, mag, cfg["prompts"], size, lowres))
-                 for b, (_, labels, ids, mag) in enumerate(batch)
+        own = _own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
+        items = [(b, labels == k, _prior(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
+                 for b, (_, labels, ids, src) in enumerate(batch)
                  for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
         if t["batched_episodes"]:
             terms, ious, n = _episodes_batched(sam, emb, items, rng, cfg)
