@@ -1,12 +1,13 @@
 """CT- and MRI-like scenes with exact instance labels, as 2D slices or 3D volumes.
 
 A body (abdomen or thorax) or a head is laid out as tissues — fat, muscle, organs, vessels, bone, lung,
-bowel gas, brain, fluid — with instance labels for what annotators segment (the body outline, organs, lesions of
-irregular shape and often low contrast, vertebrae, kidneys, lungs, lung nodules, the skull, the brain,
-ventricles, tumours and their oedema). It is then rendered either in Hounsfield units (CT: a value per tissue drawn from its usual
-range, texture, scanner blur, quantum noise; int16) or in arbitrary MRI units (T1- or T2-like contrast
-or, SynthSeg-style, random contrast per tissue, a multiplicative bias field, Rician noise; uint16). The
-raw image reaches the encoder through promptseg's own preprocessing, as at inference (:func:`to_rgb`).
+bowel gas, brain, fluid — with instance labels for what annotators segment (the body outline, organs,
+lesions of irregular shape and often low contrast, vertebrae, kidneys, lungs, lung nodules, the skull,
+the brain, ventricles, tumours and their oedema). It is then rendered either in Hounsfield units (CT: a
+value per tissue drawn from its usual range, texture, scanner blur, quantum noise; int16) or in
+arbitrary MRI units (T1- or T2-like contrast or, SynthSeg-style, random contrast per tissue, a
+multiplicative bias field, Rician noise; uint16). The raw image reaches the encoder through
+promptseg's own preprocessing, as at inference (:func:`to_rgb`).
 
 Geometry is in in-plane pixels; a volume's slices are ``z_step`` pixels apart (anisotropic voxels). A 2D
 draw is the plane ``z = z0`` of a 3D layout, so organs are cut at every level and some are absent.
