@@ -133,30 +133,33 @@ class Window(NamedTuple):
     window: tuple
 
 
+def _to_input(sam, images, dev) -> torch.Tensor:
+    """uint8 (h, w, 3) images -> the encoder's input batch (B, 3, S, S): normalised and padded by SAM."""
+    return torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None].to(dev)) for im in images])
+
+
 def _own_priors(sam, batch: list, rng: np.random.Generator, size: int, dev) -> dict:
     """The model's own full-view prediction of each zoom window's object — a lone click, the best of
     three masks by predicted IoU, as a Session's first prompt — cut to the window and enlarged as it
     was: {batch index: bool (h, w)}. What the Session's zoom starts from, so training sees it too."""
     idx = [b for b, item in enumerate(batch) if item[3] is not None]
-    out = {}
     if not idx:
-        return out
-    pe = sam.prompt_encoder
+        return {}
+    pe, srcs = sam.prompt_encoder, [batch[b][3] for b in idx]
     with torch.no_grad():
-        x = torch.cat([sam.preprocess(torch.from_numpy(batch[b][3].image).permute(2, 0, 1).float()[None].to(dev))
-                       for b in idx])
-        emb = sam.image_encoder(x)
-        for j, b in enumerate(idx):
-            src = batch[b][3]
+        emb = sam.image_encoder(_to_input(sam, [src.image for src in srcs], dev))
+        prompts = []
+        for src in srcs:
             click = torch.as_tensor(P.to_xy(P.first_click(rng, src.labels == src.k)[None]), dtype=torch.float, device=dev)
-            sparse, dense = pe(points=(click[None], torch.ones(1, 1, dtype=torch.int, device=dev)), boxes=None, masks=None)
-            low, iou = sam.mask_decoder(image_embeddings=emb[j:j + 1], image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                                        dense_prompt_embeddings=dense, multimask_output=True)
-            best = low[0, int(torch.argmax(iou[0]))]
-            h, w = src.labels.shape
-            full = (F.interpolate(best[None, None], (size, size), mode="bilinear", align_corners=False)[0, 0, :h, :w] > 0)
-            r0, r1, c0, c1 = src.window
-            out[b] = zoom.resize_labels(full[r0:r1, c0:c1].cpu().numpy(), batch[b][1].shape)
+            prompts.append(pe(points=(click[None], torch.ones(1, 1, dtype=torch.int, device=dev)), boxes=None, masks=None))
+        low, iou = decode_batch(sam, emb, [sp for sp, _ in prompts], torch.cat([dn for _, dn in prompts]))
+        best = low[torch.arange(len(idx)), 1 + iou[:, 1:].argmax(dim=1)]  # masks 1-3: the multimask outputs
+        full = F.interpolate(best[:, None], (size, size), mode="bilinear", align_corners=False)[:, 0] > 0
+    out = {}
+    for j, (b, src) in enumerate(zip(idx, srcs)):
+        h, w = src.labels.shape
+        r0, r1, c0, c1 = src.window
+        out[b] = zoom.resize_labels(full[j, :h, :w][r0:r1, c0:c1].cpu().numpy(), batch[b][1].shape)
     return out
 
 
@@ -347,9 +350,8 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(loader) if loader is not None else [_draw(rng, size, cfg) for _ in range(t["batch_size"])]
-        x = torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None].to(dev)) for im, *_ in batch])
         with torch.set_grad_enabled(not encoder_frozen):
-            emb = sam.image_encoder(x)
+            emb = sam.image_encoder(_to_input(sam, [im for im, *_ in batch], dev))
         terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
         ious, n = [], 0
         lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
