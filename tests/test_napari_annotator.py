@@ -307,6 +307,24 @@ def test_p_propagates_through_the_volume(make_napari_viewer, qtbot, messages):
     assert any("3D volume" in m for m in messages)
 
 
+def test_p_on_an_object_of_one_slice_says_that_nothing_was_propagated(make_napari_viewer, qtbot, messages):
+    vol = np.full((6, 48, 48), 20, np.uint8)
+    rr, cc = np.mgrid[:48, :48]
+    vol[3][(rr - 24) ** 2 + (cc - 24) ** 2 <= 12**2] = 220  # the object is on slice 3 only
+    viewer, w = _open(make_napari_viewer, qtbot, image=vol)
+    qtbot.waitUntil(lambda: len(w.embedded) == 6, timeout=30000)
+    viewer.dims.current_step = (3, 0, 0)
+    w.layers.points.add([3, 24, 24])
+    qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)
+    before = viewer.layers["current object"].data.copy()
+    assert before[3].any() and not before[[0, 1, 2, 4, 5]].any()
+    _press(w.layers.points, "p")
+    assert np.array_equal(viewer.layers["current object"].data, before)
+    assert any("propagation stopped at the prompted slice" in m for m in messages)
+    _press(w.layers.points, "Control-Z")  # nothing was recorded: undo takes back the click itself
+    assert not viewer.layers["current object"].data.any()
+
+
 def test_annotate_command_opens_sample_with_the_annotator(qtbot, monkeypatch):
     """What `promptseg annotate --sample coins` (the README's main job) does, minus the event loop."""
     import promptseg.cli as cli

@@ -197,6 +197,49 @@ def test_batched_episodes_with_data_workers_train_reproducibly(tmp_path):
     assert len(logs[0]) == 3 and all(np.isfinite(logs[0])) and logs[0] == logs[1]
 
 
+def test_full_resolution_loss_scores_the_boundary_the_session_shows(tmp_path):
+    """Logits on an 8 x 8 grid whose upsampled zero crossing lies at column 16 of 32, against an object
+    ending at column 14: at full size the IoU is 14/16; the 4-pixel cells' targets cannot tell (3/4)."""
+    from promptseg.train.trainer import _losses, _lowres_target
+
+    logits = torch.full((1, 8, 8), -5.0)
+    logits[:, :, :4] = 5.0
+    mask = np.zeros((32, 32), bool)
+    mask[:, :14] = True
+    full = _losses(logits, _lowres_target(mask, 32, 32), torch.zeros(1), 0.0)
+    low = _losses(logits, _lowres_target(mask, 32, 8), torch.zeros(1), 0.0)
+    assert float(full[3][0]) == pytest.approx(14 / 16) and float(low[3][0]) == pytest.approx(3 / 4)
+    cfg_path = tmp_path / "full.toml"  # and a run with it trains (batched episodes)
+    cfg_path.write_text(TINY.replace("threads = 2", "threads = 2\nbatched_episodes = true\nfullres_loss = true"))
+    path = train(cfg_path, tmp_path / "run")
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and torch.load(path, weights_only=True)
+
+
+def test_propagation_pairs_start_from_the_previous_slice_as_propagate_does(tmp_path):
+    from promptseg.train.draws import Neighbour, draw, first_input
+    from promptseg.train.trainer import DEFAULTS
+
+    cfg = {k: dict(v) for k, v in DEFAULTS.items()}
+    cfg["data"].update(p_propagate=1.0)
+    rng = np.random.default_rng(6)
+    on_object = 0
+    for _ in range(10):
+        img, lab, ids, src = draw(rng, 96, cfg)
+        assert isinstance(src, Neighbour) and img.shape == (96, 96, 3) and lab.shape == (96, 96)
+        assert len(set(ids.tolist())) == 1 and (src.labels == ids[0]).sum() >= cfg["data"]["min_area"]
+        prior, first = first_input(rng, lab, ids[0], src, cfg["prompts"], 96, 24)
+        assert prior.shape == (1, 1, 24, 24) and first.shape == (1, 2)
+        r, c = (int(v) for v in first[0])
+        on_object += src.labels[r, c] == ids[0]  # mostly on the previous slice's object (a prior may leak)
+    assert on_object >= 6
+    cfg_path = tmp_path / "prop.toml"  # and a run with them trains
+    cfg_path.write_text(TINY.replace("min_area = 10", "min_area = 10\np_propagate = 0.5").replace(
+        "threads = 2", "threads = 2\nbatched_episodes = true"))
+    path = train(cfg_path, tmp_path / "run")
+    assert torch.load(path, weights_only=True)
+
+
 # -- CT / MRI-like scenes, zoom windows and coarse priors -------------------------------------------------
 def test_ct_and_mri_scenes_carry_their_units_and_exact_labels():
     from promptseg.train import anatomy
@@ -222,14 +265,15 @@ def test_ct_and_mri_scenes_carry_their_units_and_exact_labels():
 
 
 def test_zoom_windows_for_training_keep_image_and_labels_aligned():
-    from promptseg.train.trainer import DEFAULTS, _draw
+    from promptseg.train.draws import draw
+    from promptseg.train.trainer import DEFAULTS
 
     cfg = {k: dict(v) for k, v in DEFAULTS.items()}
     cfg["data"].update(p_zoom=1.0, p_medical=0.5)
     rng = np.random.default_rng(2)
     seen = 0
     for _ in range(12):
-        img, lab, ids, src = _draw(rng, 128, cfg)
+        img, lab, ids, src = draw(rng, 128, cfg)
         mag = None if src is None else src.magnification
         assert img.shape[:2] == lab.shape and max(img.shape[:2]) == 128
         if mag is not None:  # a window: every episode is on its one object, enlarged 1.5-4x
@@ -237,6 +281,52 @@ def test_zoom_windows_for_training_keep_image_and_labels_aligned():
             assert len(set(ids.tolist())) == 1 and 1.4 < mag <= 4.0 + 1e-6
             assert (lab == ids[0]).sum() >= cfg["data"]["min_area"]
     assert seen >= 6
+
+
+def test_rods_are_thin_and_only_drawn_when_asked_for():
+    """The rods family holds thin objects (short axis <= a third of the long one, as often as not), and
+    the default families, which the held-out sets draw, are untouched by it."""
+    assert "rods" not in synthetic.SCENES
+    rng = np.random.default_rng(4)
+    ratios = []
+    for _ in range(10):
+        _, lab = synthetic.sample(rng, 160, scenes=("rods",))
+        for k in np.unique(lab)[1:]:
+            m = lab == k
+            if m.sum() >= 30:
+                w = np.linalg.eigvalsh(np.cov(np.argwhere(m).T.astype(float)))
+                ratios.append(np.sqrt(w[0] / w[1]))
+    assert len(ratios) > 20 and np.median(ratios) < 0.34
+    a = synthetic.sample(np.random.default_rng(9), 96)
+    b = synthetic.sample(np.random.default_rng(9), 96, scenes=synthetic.SCENES)
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_plain_renderings_are_flat_objects_on_a_flat_background():
+    rng = np.random.default_rng(5)
+    spreads = []
+    for _ in range(12):
+        img, lab = synthetic.sample(rng, 128, p_clean=1.0)
+        grey = img.astype(float).mean(axis=2)
+        if lab.any() and (lab == 0).any():  # background spread (noise only) against the object-background gap
+            gap = abs(np.median(grey[lab > 0]) - np.median(grey[lab == 0]))
+            spreads.append(np.subtract(*np.percentile(grey[lab == 0], [75, 25])) / max(gap, 1))
+    assert len(spreads) >= 10 and np.median(spreads) < 0.5
+    np.testing.assert_array_equal(synthetic.sample(np.random.default_rng(9), 96)[0],
+                                  synthetic.sample(np.random.default_rng(9), 96, p_clean=0.0)[0])
+
+
+def test_small_images_are_drawn_small_and_enlarged_as_the_session_enlarges_them():
+    from promptseg.train.draws import draw
+    from promptseg.train.trainer import DEFAULTS
+
+    cfg = {k: dict(v) for k, v in DEFAULTS.items()}
+    cfg["data"].update(p_lowres=1.0, lowres_scale=[0.25, 0.25], p_non_square=0.0)
+    img, lab, ids, src = draw(np.random.default_rng(3), 128, cfg)
+    assert img.shape == (128, 128, 3) and lab.shape == (128, 128) and src is None
+    # drawn at 32 x 32 and enlarged 4x by nearest neighbour: labels come in 4 x 4 blocks
+    np.testing.assert_array_equal(lab, np.repeat(np.repeat(lab[::4, ::4], 4, 0), 4, 1))
+    assert all((lab == k).sum() >= cfg["data"]["min_area"] for k in ids)
 
 
 def test_coarse_priors_look_like_a_full_view_prediction():

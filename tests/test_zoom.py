@@ -182,3 +182,24 @@ def test_the_full_view_stays_until_the_window_predicts_at_least_its_iou(default_
     monkeypatch.setattr(default_model, "decode", doubtful)
     third = s.add_point((395, 605))  # once the window has won, its mask is used whatever it predicts
     assert s._states[0].zoom.own and not np.array_equal(third.mask, full)
+
+
+def test_an_unsure_sprawling_full_view_looks_again_around_the_click(default_model, monkeypatch):
+    """A full view that predicts nearly the whole image at a low IoU gives no window of its own; the
+    Session then decodes a window of a quarter of the image around the click, from the click alone."""
+    img, gt = _ellipse(shape=(600, 600), centre=(300, 300), radii=(8, 60))
+    s = ps.Session(default_model, img, zoom=True)
+    real = default_model.decode
+
+    def sprawling(features, *args):  # the full view's pass: everything, with little confidence
+        low, iou = real(features, *args)
+        if features is s._feature_cache.get(0):
+            return np.full_like(low, 5.0), np.full_like(iou, 0.05)
+        return low, iou
+
+    monkeypatch.setattr(default_model, "decode", sprawling)
+    p = s.add_point((300, 300))
+    view = s._states[0].zoom
+    assert view is not None and view.own and view.window == (225, 375, 225, 375)
+    assert p.mask.sum() < 150 * 150 and p.mask[300, 300]  # the window's mask, not the sprawl
+    assert dice(p.mask, gt) > 0.3

@@ -13,7 +13,11 @@ window's embedding and the logits it fed back. A new window starts from the full
 the previous window's finer boundary where the two agree. Until the window has won once, its mask
 replaces the full view's only when its predicted IoU is at least as high: on real images unlike the
 training data (scikit-image's coins), a magnified object's texture can mislead the decoder where the
-full view did well, and the decoder's own IoU estimate tells the two cases apart.
+full view did well, and the decoder's own IoU estimate tells the two cases apart. A full view that
+sprawls too far for a window with a predicted IoU below :data:`UNSURE` (a thin object below its grid
+can make the decoder flood the image) gets one more look: a window of :data:`UNSURE_FRACTION` of the
+image around the prompts, decoded from the prompts alone (a lone click as SAM's three masks, the best
+by predicted IoU), under the same IoU rule.
 
 A viewer can set ``Session.defer_zoom``: a prompt then returns the full view's mask at once (one decoder
 pass), and ``Session.refine()``, called once that mask is on screen, does the zoom step and completes the
@@ -36,6 +40,8 @@ EXPAND = 1.6  # window side = EXPAND x the longest side of the object's box
 MIN_FRACTION = 0.25  # window side >= input_size * MIN_FRACTION image pixels: at most 4x magnification
 MAX_FRACTION = 2 / 3  # zoom only when the window's side is at most this fraction of the image's longest side
 MARGIN = 0.08  # a window is kept while the object stays this fraction of its side away from its edges
+UNSURE = 0.5  # a full view's predicted IoU below this, with no window of its own: try one around the prompts
+UNSURE_FRACTION = 0.25  # ... whose side is this fraction of the image's longest side
 
 
 def window(core: tuple, plane: tuple[int, int], input_size: int, expand: float = EXPAND, shift=(0.0, 0.0)):
@@ -211,18 +217,28 @@ def refine(session, k: int, full, previous: ZoomView | None, rc: np.ndarray, fla
     core = box_of(None, [tuple(p) for p in rc[flags]] + corners, bx)
     if core is None:
         return full
+    fresh = False  # decode the window from the prompts alone, without a mask_input
     if previous is not None and keeps(previous.window, core, plane, size):
         win, prior = previous.window, previous.logits
     else:
         win, prior = window(core, plane, size), None
+        near = box_of(None, [tuple(p) for p in rc[flags]], bx)
+        if win is None and full.score < UNSURE and previous is None and near is not None:
+            # an unsure full view that sprawls (a thin object below its grid, say): look closer at the
+            # prompts themselves; the window must still beat the full view's predicted IoU (below)
+            half = max(plane) * UNSURE_FRACTION / 2  # a window of that fraction of the image around them
+            rm, cm = (near[0] + near[1]) / 2, (near[2] + near[3]) / 2
+            core = (min(near[0], int(rm - half)), max(near[1], int(rm + half)), min(near[2], int(cm - half)),
+                    max(near[3], int(cm + half)))
+            win, fresh = window(core, plane, size, expand=1.0), True
     if win is None:
         return full
     cell = int(np.ceil(max(plane) / lowres))  # a full-view logit cell, in image pixels
-    seed = None if prior is not None else _seed(full, previous, win, cell)  # a new window's first mask_input
+    seed = None if prior is not None or fresh else _seed(full, previous, win, cell)  # a new window's first mask_input
     for _attempt in range(2):  # a second time when the zoomed mask runs into the window's edge
         r0, r1, c0, c1 = win
         frame = Frame.for_shape((r1 - r0, c1 - c0), size, model.spec.resize)
-        if prior is None:
+        if prior is None and seed is not None:
             prior = frame.mask_to_lowres(seed, lowres)
         inside = (rc[:, 0] >= r0) & (rc[:, 0] < r1) & (rc[:, 1] >= c0) & (rc[:, 1] < c1)
         local = rc[inside] - (r0, c0)
@@ -232,7 +248,11 @@ def refine(session, k: int, full, previous: ZoomView | None, rc: np.ndarray, fla
             box_in = frame.box_to_input(max(bx[0], r0) - r0, max(bx[1], c0) - c0, min(bx[2], r1 - 1) - r0,
                                         min(bx[3], c1 - 1) - c0)
         strokes = strokes_for(model, frame, scribbles, (r0, c0))
-        low, iou = model.decode(features(session, k, win), xy, labels, box_in, prior, False, strokes)
+        multi = prior is None and len(rc) == 1 and bx is None  # a lone click, no mask: SAM's three masks
+        low, iou = model.decode(features(session, k, win), xy, labels, box_in, prior, multi, strokes)
+        if multi:
+            best = int(np.argmax(iou))
+            low, iou = low[best:best + 1], iou[best:best + 1]
         hit = model.mask(low[0], frame.input, frame.original, session.threshold)
         bits, extent = pack_crop(None if hit is None else (hit[0], (hit[1][0] + r0, hit[1][1] + c0)))
         if extent is None or not _at_inner_edge(extent, win, plane):

@@ -369,7 +369,11 @@ class AnnotatorWidget(Container):
 
         self._busy = True
         try:
-            self._show(self.session.propagate(start=start, progress=tick))
+            pred = self.session.propagate(start=start, progress=tick)
+            self._show(pred)
+            if pred.bbox[0].stop <= pred.bbox[0].start:  # no slice changed: say so rather than nothing
+                show_info("promptseg: propagation stopped at the prompted slice(s): the next slices' masks were "
+                          "too unlike them or too uncertain; prompt on another slice and press P again")
         except PromptsegError as e:
             show_error(f"promptseg: {e}")
         finally:

@@ -29,14 +29,18 @@ class Episode:
     ``mask`` is the object's bool (h, w) mask in the (unpadded) training image; ``pr`` the config's
     ``[prompts]`` section; ``prior`` optional (1, 1, L, L) float logits given as the first round's
     ``mask_input`` (a coarse earlier mask, as a zoom window or a mask to correct starts with). The first
-    prompt and the number of rounds are drawn from ``rng`` here.
+    prompt and the number of rounds are drawn from ``rng`` here, unless ``first`` gives the first prompt:
+    one positive click, (1, 2) (row, col) (a propagation step's; ``mask`` may then be empty).
     """
 
-    def __init__(self, rng: np.random.Generator, mask: np.ndarray, pr: dict, prior: torch.Tensor | None = None):
+    def __init__(self, rng: np.random.Generator, mask: np.ndarray, pr: dict, prior: torch.Tensor | None = None,
+                 first: np.ndarray | None = None):
         self.mask, self.pr = mask, pr
         u = rng.random()
         self.rc, self.flags, self.box, self.strokes = np.zeros((0, 2)), [], None, []
-        if u < pr["p_click"]:
+        if first is not None:
+            self.rc, self.flags = np.asarray(first, float).reshape(1, 2), [1]
+        elif u < pr["p_click"]:
             self.rc, self.flags = P.first_click(rng, mask)[None], [1]
         elif u < pr["p_click"] + pr["p_box"]:
             self.box = P.box(rng, mask)
@@ -112,7 +116,7 @@ def decode_batch(sam, emb: torch.Tensor, sparse: list[torch.Tensor], dense: torc
 class StepData(torch.utils.data.Dataset):
     """Item ``k``: step ``k``'s ``batch_size`` images, drawn with ``np.random.default_rng([seed, k, 1])``.
 
-    ``draw(rng, size, cfg)`` makes one image (the trainer's ``_draw``); items are lists of its results.
+    ``draw(rng, size, cfg)`` makes one image (:func:`.draws.draw`); items are lists of its results.
     """
 
     def __init__(self, draw, cfg: dict, start: int):

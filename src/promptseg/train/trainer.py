@@ -1,18 +1,20 @@
 """The training loop: synthetic images, simulated interactive prompting, focal + dice + IoU loss.
 
-Each step draws ``batch_size`` images from :mod:`.synthetic`, embeds them once, and for
+Each step draws ``batch_size`` images (:mod:`.draws`), embeds them once, and for
 ``objects_per_image`` objects of each runs an interactive episode the way :class:`promptseg.Session`
 prompts the model: a first prompt (one click, a box or a squiggle's points), then with probability
 ``p_correct`` one or two correction rounds that add a click in the larger error region and feed the
 previous best low-resolution logits back as ``mask_input``. A first single click uses multimask output
 and trains the best of the three masks (as SAM does); the other rounds use one mask. Loss on the
-low-resolution logits against the area-downsampled ground truth: ``focal_weight * focal + dice``, plus
-the MSE between the IoU head and the actual IoU of each mask.
+low-resolution logits against the area-downsampled ground truth (or, with ``fullres_loss``, on the
+logits upsampled to the input size against the exact mask): ``focal_weight * focal + dice``, plus the
+MSE between the IoU head and the actual IoU of each mask.
 
 Zoom windows (``p_zoom``): some images are a window around one object, enlarged to the input size as
 the Session's zoom (:mod:`promptseg.zoom`) does; their episodes start, as there, from a full-view mask
 as ``mask_input`` — the model's own prediction on the whole scene (``p_self_prior``) or a coarse,
-perturbed version of the truth.
+perturbed version of the truth. Propagation pairs (``p_propagate``) start from the previous slice's
+mask and one click at its innermost pixel, as :func:`promptseg.volume.propagate` does.
 
 Every random draw of step ``k`` comes from generators seeded with ``(seed, k)``, so a resumed run
 continues exactly as an uninterrupted one would (up to float non-determinism).
@@ -25,7 +27,6 @@ import math
 import time
 import tomllib
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,22 +34,22 @@ import torch.nn.functional as F
 
 from .. import zoom
 from ..models.build import build_sam
-from ..preprocess import Frame
-from . import anatomy
 from . import prompts as P
+from .draws import Window, draw, first_input
 from .episodes import Episode, StepData, as_is, decode_batch
-from .synthetic import sample
 
 DEFAULTS = {
     "model": {"arch": "cnn_small", "image_size": 256, "arch_kwargs": {}, "init": "",
               "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]},
-    "data": {"min_area": 30, "p_non_square": 0.3, "p_medical": 0.0, "p_zoom": 0.0, "zoom_expand": [1.25, 2.2]},
+    "data": {"min_area": 30, "p_non_square": 0.3, "p_medical": 0.0, "p_zoom": 0.0, "zoom_expand": [1.25, 2.2],
+             "extra_scenes": [], "p_lowres": 0.0, "lowres_scale": [0.2, 0.75], "p_clean": 0.0,
+             "p_propagate": 0.0, "propagate_z_step": [1.0, 4.0]},
     "prompts": {"p_click": 0.6, "p_box": 0.3, "p_squiggle": 0.1, "p_correct": 0.5, "max_corrections": 2,
                 "p_squiggle_correct": 0.0, "p_prior": 0.0, "p_prior_full": 0.0, "p_self_prior": 0.0},
     "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
               "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": [],
-              "device": "cpu", "data_workers": 0, "batched_episodes": False},
+              "device": "cpu", "data_workers": 0, "batched_episodes": False, "fullres_loss": False},
 }
 
 
@@ -80,59 +81,6 @@ def lr_at(step: int, t: dict) -> float:
     return t["min_lr"] + 0.5 * (t["lr"] - t["min_lr"]) * (1 + math.cos(math.pi * frac))
 
 
-def _chance(rng: np.random.Generator, p: float) -> bool:
-    """True with probability ``p``; draws nothing when ``p`` is 0 (older configs keep their random streams)."""
-    return p > 0 and rng.random() < p
-
-
-def _draw(rng: np.random.Generator, size: int, cfg: dict):
-    """One training image (h, w <= size) with at least one object of ``min_area`` pixels.
-
-    A generic scene (:mod:`.synthetic`) or, with probability ``p_medical``, a CT-/MRI-like slice
-    (:mod:`.anatomy`); with probability ``p_zoom`` it is then replaced by a zoom window around one of its
-    objects, enlarged to ``size`` as the Session's zoom does (:mod:`promptseg.zoom`).
-
-    Returns image uint8 (h, w, 3), labels int32 (h, w), the ids to prompt, and for a zoom window the
-    :class:`Window` it was cut from (None for a whole scene). A window's ids repeat its one object: every
-    episode is on it.
-    """
-    d = cfg["data"]
-    while True:
-        shape = (size, size)
-        if rng.random() < d["p_non_square"]:
-            short = int(rng.integers(size // 2, size))
-            shape = (short, size) if rng.random() < 0.5 else (size, short)
-        image, labels = (anatomy.sample if _chance(rng, d["p_medical"]) else sample)(rng, shape)
-        ids, counts = np.unique(labels, return_counts=True)
-        ok = ids[(ids > 0) & (counts >= d["min_area"])]
-        if not len(ok):
-            continue
-        if _chance(rng, d["p_zoom"]):
-            k = int(rng.choice(ok))
-            win = zoom.window(zoom.box_of(labels == k), labels.shape, size, expand=rng.uniform(*d["zoom_expand"]),
-                              shift=rng.uniform(-0.1, 0.1, 2))
-            if win is not None:
-                r0, r1, c0, c1 = win
-                frame = Frame.for_shape((r1 - r0, c1 - c0), size)
-                lab = zoom.resize_labels(labels[r0:r1, c0:c1], frame.input)
-                if (lab == k).sum() >= d["min_area"]:
-                    img = frame.resize(np.ascontiguousarray(image[r0:r1, c0:c1]))
-                    src = Window(frame.input[0] / (r1 - r0), image, labels, k, win)
-                    return img, lab, np.full(cfg["train"]["objects_per_image"], k), src
-        return image, labels, ok, None
-
-
-class Window(NamedTuple):
-    """Where a zoom-window training image came from: its magnification, the whole scene (image, labels),
-    the object id and the window (r0, r1, c0, c1) in the scene."""
-
-    magnification: float
-    image: np.ndarray
-    labels: np.ndarray
-    k: int
-    window: tuple
-
-
 def _to_input(sam, images, dev) -> torch.Tensor:
     """uint8 (h, w, 3) images -> the encoder's input batch (B, 3, S, S): normalised and padded by SAM."""
     return torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None].to(dev)) for im in images])
@@ -142,7 +90,7 @@ def _own_priors(sam, batch: list, rng: np.random.Generator, size: int, dev) -> d
     """The model's own full-view prediction of each zoom window's object — a lone click, the best of
     three masks by predicted IoU, as a Session's first prompt — cut to the window and enlarged as it
     was: {batch index: bool (h, w)}. What the Session's zoom starts from, so training sees it too."""
-    idx = [b for b, item in enumerate(batch) if item[3] is not None]
+    idx = [b for b, item in enumerate(batch) if isinstance(item[3], Window)]
     if not idx:
         return {}
     pe, srcs = sam.prompt_encoder, [batch[b][3] for b in idx]
@@ -163,26 +111,9 @@ def _own_priors(sam, batch: list, rng: np.random.Generator, size: int, dev) -> d
     return out
 
 
-def _prior(rng: np.random.Generator, labels: np.ndarray, k: int, src, pr: dict, size: int, lowres: int, own=None):
-    """The first round's mask_input of an episode on object ``k``, (1, 1, L, L) logits, or None.
-
-    On a zoom window (``src`` its :class:`Window`; the Session always gives one there), with probability
-    ``p_prior``: the model's own full-view mask ``own`` (bool (h, w), see :func:`_own_priors`) with
-    probability ``p_self_prior``, else a coarse mask (:func:`.prompts.coarse_mask`). On a whole scene,
-    a coarse mask with probability ``p_prior_full`` (a mask to correct).
-    """
-    if not _chance(rng, pr["p_prior"] if src is not None else pr["p_prior_full"]):
-        return None
-    if own is not None and own.any() and _chance(rng, pr["p_self_prior"]):
-        m = own
-    else:
-        m = P.coarse_mask(rng, labels, k, src.magnification if src is not None else 1.0)
-    h, w = m.shape
-    return torch.from_numpy(Frame((h, w), (h, w), size).mask_to_lowres(m, lowres))[None]
-
-
 def _lowres_target(mask: np.ndarray, size: int, lowres: int, device="cpu") -> torch.Tensor:
-    """bool (h, w) -> float (lowres, lowres): the fraction of object pixels per low-res cell (padded)."""
+    """bool (h, w) -> float (lowres, lowres): the fraction of object pixels per low-res cell (padded);
+    ``lowres == size`` gives the padded mask itself."""
     full = torch.zeros(size, size)
     full[: mask.shape[0], : mask.shape[1]] = torch.from_numpy(mask.astype(np.float32))
     return F.avg_pool2d(full[None, None], size // lowres)[0, 0].to(device)
@@ -191,8 +122,13 @@ def _lowres_target(mask: np.ndarray, size: int, lowres: int, device="cpu") -> to
 def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0):
     """Per-mask focal (``gamma`` = 0: plain BCE), dice and IoU-head MSE.
 
-    logits (K, L, L), target (L, L) in 0..1, iou_pred (K,). Returns three (K,) tensors and the actual IoU (K,).
+    logits (K, L, L), target (L, L) in 0..1 or (S, S) at the input size, iou_pred (K,). A full-size
+    target is compared with the logits upsampled as the Session upsamples them (bilinear), so the loss
+    and the IoU head's target see the boundary the user will see. Returns three (K,) tensors and the
+    actual IoU (K,).
     """
+    if target.shape[-1] != logits.shape[-1]:
+        logits = F.interpolate(logits[None], size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)[0]
     t = target.expand_as(logits)
     p = torch.sigmoid(logits)
     bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
@@ -204,15 +140,15 @@ def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, 
     return focal, dice, (iou_pred - iou.float()) ** 2, iou
 
 
-def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator, cfg: dict, prior=None):
+def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator, cfg: dict, prior=None, first=None):
     """One simulated interactive episode on one object; returns the summed loss terms and the IoUs."""
     t = cfg["train"]
     size = sam.image_encoder.img_size
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
     dev = emb.device
-    target = _lowres_target(mask, size, lowres, dev)
+    target = _lowres_target(mask, size, size if t["fullres_loss"] else lowres, dev)
     pe = sam.prompt_encoder
-    ep = Episode(rng, mask, cfg["prompts"], prior)
+    ep = Episode(rng, mask, cfg["prompts"], prior, first)
     total = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
     ious = []
     for r in range(ep.n_rounds):
@@ -249,15 +185,15 @@ def _feed_back(ep: Episode, low, iou_pred, multimask: bool, size: int) -> np.nda
 def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict):
     """All episodes of a step in lockstep, one batched decoder call per round (:func:`decode_batch`).
 
-    ``items``: (image index into ``emb``, bool mask, prior logits or None) per episode. Returns summed
-    terms, IoUs, count.
+    ``items``: (image index into ``emb``, bool mask, prior logits or None, first click or None) per
+    episode. Returns summed terms, IoUs, count.
     """
     t = cfg["train"]
     size = sam.image_encoder.img_size
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
     dev, pe = emb.device, sam.prompt_encoder
-    eps = [Episode(rng, mask, cfg["prompts"], prior) for _, mask, prior in items]
-    targets = [_lowres_target(mask, size, lowres, dev) for _, mask, _ in items]
+    eps = [Episode(rng, mask, cfg["prompts"], prior, first) for _, mask, prior, first in items]
+    targets = [_lowres_target(mask, size, size if t["fullres_loss"] else lowres, dev) for _, mask, *_ in items]
     active, r = list(range(len(eps))), 0  # the episodes that go on to round r
     total, ious = {"focal": 0.0, "dice": 0.0, "iou": 0.0}, []
     while active:
@@ -341,7 +277,7 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
     running = {}
     loader = None
     if t["data_workers"] > 0 and start < t["steps"]:  # images drawn in worker processes, seeded by (seed, step)
-        loader = iter(torch.utils.data.DataLoader(StepData(_draw, cfg, start), batch_size=None, collate_fn=as_is,
+        loader = iter(torch.utils.data.DataLoader(StepData(draw, cfg, start), batch_size=None, collate_fn=as_is,
                                                   num_workers=t["data_workers"], prefetch_factor=4))
     for step in bar:
         rng = np.random.default_rng([t["seed"], step])
@@ -349,21 +285,21 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         lr = lr_at(step, t)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = next(loader) if loader is not None else [_draw(rng, size, cfg) for _ in range(t["batch_size"])]
+        batch = next(loader) if loader is not None else [draw(rng, size, cfg) for _ in range(t["batch_size"])]
         with torch.set_grad_enabled(not encoder_frozen):
             emb = sam.image_encoder(_to_input(sam, [im for im, *_ in batch], dev))
         terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
         ious, n = [], 0
         lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
         own = _own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
-        items = [(b, labels == k, _prior(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
+        items = [(b, labels == k, *first_input(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
                  for b, (_, labels, ids, src) in enumerate(batch)
                  for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
         if t["batched_episodes"]:
             terms, ious, n = _episodes_batched(sam, emb, items, rng, cfg)
         else:
-            for b, mask, prior in items:
-                tot, iu = _episode(sam, emb[b:b + 1], mask, rng, cfg, prior)
+            for b, mask, prior, first in items:
+                tot, iu = _episode(sam, emb[b:b + 1], mask, rng, cfg, prior, first)
                 for key in terms:
                     terms[key] = terms[key] + tot[key]
                 ious += iu
