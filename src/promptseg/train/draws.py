@@ -34,13 +34,13 @@ def draw(rng: np.random.Generator, size: int, cfg: dict):
     (:mod:`.anatomy`); with probability ``p_zoom`` it is then replaced by a zoom window around one of its
     objects, enlarged to ``size`` as the Session's zoom does (:mod:`promptseg.zoom`). ``extra_scenes``
     adds scene families of :mod:`.synthetic` that the held-out sets do not draw (thin rods), ``p_clean``
-    its plain renderings (flat intensities and noise). With
-    probability ``p_lowres`` the scene is drawn smaller (``lowres_scale`` of the side) and enlarged to
-    ``size`` as the Session enlarges a small image, so small inputs are no surprise.
+    its plain renderings (flat intensities and noise). With probability ``p_lowres`` the scene is drawn
+    smaller (``lowres_scale`` of the side) and enlarged to ``size`` as the Session enlarges a small
+    image; with probability ``p_propagate`` the draw is a propagation pair instead (:func:`_neighbour`).
 
-    Returns image uint8 (h, w, 3), labels int32 (h, w), the ids to prompt, and for a zoom window the
-    :class:`Window` it was cut from (None for a whole scene). A window's ids repeat its one object: every
-    episode is on it.
+    Returns image uint8 (h, w, 3), labels int32 (h, w), the ids to prompt, and the source: the
+    :class:`Window` a zoom window was cut from, the :class:`Neighbour` slice of a propagation pair, or
+    None for a whole scene. A window's or pair's ids repeat its one object: every episode is on it.
     """
     d = cfg["data"]
     if chance(rng, d["p_propagate"]):
