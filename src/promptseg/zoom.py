@@ -222,8 +222,8 @@ def refine(session, k: int, full, previous: ZoomView | None, rc: np.ndarray, fla
         win, prior = previous.window, previous.logits
     else:
         win, prior = window(core, plane, size), None
-        near = box_of(None, [tuple(p) for p in rc[flags]], bx)
-        if win is None and full.score < UNSURE and previous is None and near is not None:
+        near = box_of(None, [tuple(p) for p in rc[flags]], bx) if win is None and previous is None else None
+        if near is not None and full.score < UNSURE:
             # an unsure full view that sprawls (a thin object below its grid, say): look closer at the
             # prompts themselves; the window must still beat the full view's predicted IoU (below)
             half = max(plane) * UNSURE_FRACTION / 2  # a window of that fraction of the image around them

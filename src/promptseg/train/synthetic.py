@@ -1,9 +1,10 @@
 """A fast, domain-randomised generator of 2D images with instance labels, for training.
 
 Each draw is a scene of objects of one family (ellipses, stars and polygons, smooth random blobs,
-touching clusters like nuclei, a mix, or — for training only — thin straight or bent rods) on a textured background, rendered with random intensities
-(objects brighter or darker than the background, sometimes barely), inner texture, rims, a smooth bias
-field, blur and noise, as grey, H&E-like or fluorescence-like colour. About 3-6 ms for a 256² image.
+touching clusters like nuclei, a mix, or — for training only — thin straight or bent rods) on a
+textured background, rendered with random intensities (objects brighter or darker than the background,
+sometimes barely), inner texture, rims, a smooth bias field, blur and noise — or, when asked for, a
+plain rendering — as grey, H&E-like or fluorescence-like colour. About 3-6 ms for a 256² image.
 """
 
 from __future__ import annotations
@@ -119,6 +120,12 @@ def _scene_objects(rng: np.random.Generator, shape: tuple[int, int], scene: str)
     return labels
 
 
+def _to_unit(img: np.ndarray) -> np.ndarray:
+    """Stretch float (H, W) so its 0.5th-99.5th percentiles (of every 4th pixel) become 0 and 1."""
+    lo, hi = np.percentile(img[::4, ::4], [0.5, 99.5])
+    return (img - lo) / max(hi - lo, 1e-3)
+
+
 def _render_clean(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     """A plain rendering, float32 (H, W) in about 0..1: flat objects on a flat background, a little blur
     and Gaussian noise (a clean fluorescence or phantom image; the textured renders rarely come this plain)."""
@@ -127,8 +134,7 @@ def _render_clean(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     per_obj = np.concatenate([[0.0], contrast * (1 + rng.uniform(-0.2, 0.2, n))]).astype(np.float32)
     img = ndi.gaussian_filter(rng.uniform(0.1, 0.9) + per_obj[labels], rng.uniform(0.0, 1.5))
     img = img + abs(contrast) * rng.uniform(0.02, 0.3) * rng.standard_normal(labels.shape, np.float32)
-    lo, hi = np.percentile(img[::4, ::4], [0.5, 99.5])
-    return (img - lo) / max(hi - lo, 1e-3)
+    return _to_unit(img)
 
 
 def _render(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
@@ -154,8 +160,7 @@ def _render(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     img = ndi.gaussian_filter(img, rng.uniform(0.3, 2.0))  # blur (soft edges)
     img += rng.uniform(0, 0.2) * smooth_noise(rng, (h, w), side * rng.uniform(0.3, 1.0))  # bias field
     img += (rng.uniform(0, 0.4) * abs(contrast) + rng.uniform(0, 0.02)) * rng.standard_normal((h, w), np.float32)  # noise
-    lo, hi = np.percentile(img[::4, ::4], [0.5, 99.5])
-    return (img - lo) / max(hi - lo, 1e-3)
+    return _to_unit(img)
 
 
 def _colourise(rng: np.random.Generator, grey: np.ndarray, style: str) -> np.ndarray:
