@@ -82,10 +82,15 @@ def test_click_on_a_20000_slide_embeds_only_the_tiles_it_needs(model, tmp_path):
     label = s.commit()
     assert s.labels[int(r), int(c)] == label and s.labels[box].sum() == label * (s.labels[box] == label).sum()
 
-    # a click in the overlap of four tiles goes to all four
-    r0, r1, c0, c1 = emb.plan.region(emb.plan.grid[1] * 10 + 10)
-    s.add_point((r1 - 20, c1 - 20))
-    assert done_tiles(store) == 5
+    # a click on an object in the overlap of four tiles goes to all four, and to no other
+    for j, (r4, c4, *_) in enumerate(slide.objects):
+        ts4 = emb.plan.touching(r4, r4, c4, c4)  # the object's centre lies in four tiles
+        if len(ts4) == 4 and ts[0] not in ts4 and 1000 < min(r4, c4):
+            break
+    s.add_point((r4, c4))
+    assert done_tiles(store) == 5 and all(s.store.is_done(t) for t in ts4)
+    box4 = (slice(int(r4) - 250, int(r4) + 250), slice(int(c4) - 250, int(c4) + 250))
+    assert dice(s.mask[box4], slide.labels(box4[0].start, box4[0].stop, box4[1].start, box4[1].stop) == j + 1) > 0.85
     # reopening the cache reuses the embedded tiles
     again = ps.Session(model, levels, embeddings=ps.embed(levels, model, cache=tmp_path / "slide.zarr", lazy=True))
     again.add_point((r, c))

@@ -316,6 +316,27 @@ def test_plain_renderings_are_flat_objects_on_a_flat_background():
                                   synthetic.sample(np.random.default_rng(9), 96, p_clean=0.0)[0])
 
 
+def test_objects_without_a_visible_outline_are_not_prompted():
+    """An object painted at its surroundings' intensity (an organ indistinguishable from its neighbour)
+    is dropped from the ids a draw prompts; a faint but visible one (contrast 2.5 noise sd) stays."""
+    from promptseg.train.draws import draw, visible_ids
+    from promptseg.train.trainer import DEFAULTS
+
+    rr, cc = np.mgrid[:128, :160]
+    lab = np.zeros((128, 160), np.int32)
+    for k, (r, c) in enumerate([(40, 40), (80, 110), (40, 120)], start=1):
+        lab[(rr - r) ** 2 + (cc - c) ** 2 < 18**2] = k
+    grey = 100 + np.select([lab == 2, lab == 3], [20, -60], 0) + np.random.default_rng(0).normal(0, 8, lab.shape)
+    img = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(visible_ids(img, lab, np.array([1, 2, 3]), 0.5), [2, 3])
+    np.testing.assert_array_equal(visible_ids(img, lab, np.array([1, 2, 3]), 0.0), [1, 2, 3])  # 0: keep all
+    cfg = {k: dict(v) for k, v in DEFAULTS.items()}
+    cfg["data"].update(p_medical=1.0, min_visible=0.5)
+    for seed in range(3):
+        img, lab, ids, _ = draw(np.random.default_rng(seed), 128, cfg)
+        assert len(ids) and len(visible_ids(img, lab, ids, 0.5)) == len(ids)
+
+
 def test_small_images_are_drawn_small_and_enlarged_as_the_session_enlarges_them():
     from promptseg.train.draws import draw
     from promptseg.train.trainer import DEFAULTS
@@ -327,6 +348,19 @@ def test_small_images_are_drawn_small_and_enlarged_as_the_session_enlarges_them(
     # drawn at 32 x 32 and enlarged 4x by nearest neighbour: labels come in 4 x 4 blocks
     np.testing.assert_array_equal(lab, np.repeat(np.repeat(lab[::4, ::4], 4, 0), 4, 1))
     assert all((lab == k).sum() >= cfg["data"]["min_area"] for k in ids)
+
+
+def test_small_volumes_give_propagation_pairs_enlarged_as_the_session_enlarges_them():
+    from promptseg.train.draws import Neighbour, draw
+    from promptseg.train.trainer import DEFAULTS
+
+    cfg = {k: dict(v) for k, v in DEFAULTS.items()}
+    cfg["data"].update(p_propagate=1.0, p_propagate_small=1.0, lowres_scale=[0.25, 0.25])
+    img, lab, ids, src = draw(np.random.default_rng(4), 128, cfg)
+    assert isinstance(src, Neighbour) and img.shape == (128, 128, 3) and lab.shape == src.labels.shape == (128, 128)
+    for plane in (lab, src.labels):  # drawn at 32 x 32, enlarged 4x by nearest neighbour
+        np.testing.assert_array_equal(plane, np.repeat(np.repeat(plane[::4, ::4], 4, 0), 4, 1))
+    assert (src.labels == ids[0]).any()
 
 
 def test_coarse_priors_look_like_a_full_view_prediction():

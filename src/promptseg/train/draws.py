@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from .. import zoom
 from ..evaluate import innermost
@@ -37,6 +38,7 @@ def draw(rng: np.random.Generator, size: int, cfg: dict):
     its plain renderings (flat intensities and noise). With probability ``p_lowres`` the scene is drawn
     smaller (``lowres_scale`` of the side) and enlarged to ``size`` as the Session enlarges a small
     image; with probability ``p_propagate`` the draw is a propagation pair instead (:func:`_neighbour`).
+    With ``min_visible`` > 0, objects without a visible outline are not prompted (:func:`visible_ids`).
 
     Returns image uint8 (h, w, 3), labels int32 (h, w), the ids to prompt, and the source: the
     :class:`Window` a zoom window was cut from, the :class:`Neighbour` slice of a propagation pair, or
@@ -62,7 +64,7 @@ def draw(rng: np.random.Generator, size: int, cfg: dict):
             frame = Frame.for_shape(shape, size)
             image, labels = frame.resize(image), zoom.resize_labels(labels, frame.input)
         ids, counts = np.unique(labels, return_counts=True)
-        ok = ids[(ids > 0) & (counts >= d["min_area"])]
+        ok = visible_ids(image, labels, ids[(ids > 0) & (counts >= d["min_area"])], d["min_visible"])
         if not len(ok):
             continue
         if chance(rng, d["p_zoom"]):
@@ -84,17 +86,51 @@ def _neighbour(rng: np.random.Generator, size: int, cfg: dict):
     """Two neighbouring slices of a CT-/MRI-like volume, as :func:`promptseg.volume.propagate` meets
     them: the training image is the second slice, and its episodes (all on one object) start from the
     first slice's mask of the object (:class:`Neighbour`) — which may have ended on the second slice,
-    an empty target that teaches the decoder to stop. Returns what :func:`draw` returns."""
+    an empty target that teaches the decoder to stop. With probability ``p_propagate_small`` the volume
+    is drawn small (``lowres_scale`` of the side) and its slices enlarged. Returns what :func:`draw` returns."""
     d, n = cfg["data"], cfg["train"]["objects_per_image"]
     while True:
         modality = "ct" if rng.random() < 0.55 else "mri"
-        raw, labels, _ = anatomy.volume(rng, (2, size, size), modality=modality, z_step=rng.uniform(*d["propagate_z_step"]))
+        side = size
+        if chance(rng, d["p_propagate_small"]):  # a small volume, its slices enlarged as the Session enlarges them
+            side = max(32, int(size * rng.uniform(*d["lowres_scale"])))
+        raw, labels, _ = anatomy.volume(rng, (2, side, side), modality=modality, z_step=rng.uniform(*d["propagate_z_step"]))
+        frame = Frame.for_shape((side, side), size)
+        labels = np.stack([zoom.resize_labels(lab, frame.input) for lab in labels])  # unchanged at full size
         ids, counts = np.unique(labels[0], return_counts=True)
         ok = ids[(ids > 0) & (counts >= d["min_area"])]
         if len(ok):
             ends = ok[~np.isin(ok, labels[1])]  # objects that end here: rare among neighbours, so favoured
             k = int(rng.choice(ends if len(ends) and rng.random() < 0.5 else ok))
-            return anatomy.to_rgb(rng, raw[1], modality), labels[1], np.full(n, k), Neighbour(labels[0], k)
+            image = frame.resize(anatomy.to_rgb(rng, raw[1], modality))
+            if k in ends or len(visible_ids(image, labels[1], np.array([k]), d["min_visible"])):
+                return image, labels[1], np.full(n, k), Neighbour(labels[0], k)
+
+
+def visible_ids(image: np.ndarray, labels: np.ndarray, ids: np.ndarray, min_fraction: float) -> np.ndarray:
+    """The ``ids`` whose outline can be seen in ``image`` (uint8 (h, w, 3)), ``labels`` int (h, w): on at
+    least ``min_fraction`` of an object's boundary pixels, the local mean just inside (Gaussian-weighted
+    over the object, sigma 3 px) and just outside (a 6 px ring) differ by more than the image's pixel
+    noise (median absolute deviation from a 3x3 median). An object drawn with no visible edge (an organ
+    of the same intensity as its neighbour, a lesion under the noise) is no target: a click there can
+    only teach the decoder to invent an outline in a flat region. ``min_fraction`` 0 keeps every id."""
+    if min_fraction <= 0 or not len(ids):
+        return ids
+    grey = image.astype(np.float32).mean(axis=-1)
+    boxes = ndi.find_objects(labels)
+    keep = []
+    for k in ids:
+        r, c = boxes[int(k) - 1]
+        sl = (slice(max(r.start - 10, 0), r.stop + 10), slice(max(c.start - 10, 0), c.stop + 10))
+        m, g = labels[sl] == k, grey[sl]
+        ring = ndi.binary_dilation(m, iterations=6) & ~m
+        inside, outside = (ndi.gaussian_filter(g * w, 3.0) / np.maximum(ndi.gaussian_filter(w.astype(np.float32), 3.0), 1e-3)
+                           for w in (m, ring))
+        edge = m & ~ndi.binary_erosion(m, border_value=1)
+        noise = 1.4826 * np.median(np.abs(g - ndi.median_filter(g, 3))) + 0.5
+        if (np.abs(inside - outside)[edge] > noise).mean() >= min_fraction:
+            keep.append(k)
+    return np.asarray(keep, dtype=ids.dtype)
 
 
 class Neighbour(NamedTuple):
