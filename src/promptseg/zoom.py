@@ -214,7 +214,8 @@ def refine(session, k: int, full, previous: ZoomView | None, rc: np.ndarray, fla
     e = previous.extent if previous is not None and previous.extent is not None else full.extent
     corners = [] if e is None else [(e[0], e[2]), (e[1] - 1, e[3] - 1)]
     bx = None if box is None else (box.r0, box.c0, box.r1, box.c1)
-    core = box_of(None, [tuple(p) for p in rc[flags]] + corners, bx)
+    pos = [tuple(p) for p in rc[flags]]  # the positive clicks (row, col)
+    core = box_of(None, pos + corners, bx)
     if core is None:
         return full
     fresh = False  # decode the window from the prompts alone, without a mask_input
@@ -222,7 +223,7 @@ def refine(session, k: int, full, previous: ZoomView | None, rc: np.ndarray, fla
         win, prior = previous.window, previous.logits
     else:
         win, prior = window(core, plane, size), None
-        near = box_of(None, [tuple(p) for p in rc[flags]], bx) if win is None and previous is None else None
+        near = box_of(None, pos, bx) if win is None and previous is None else None
         if near is not None and full.score < UNSURE:
             # an unsure full view that sprawls (a thin object below its grid, say): look closer at the
             # prompts themselves; the window must still beat the full view's predicted IoU (below)

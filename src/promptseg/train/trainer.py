@@ -120,6 +120,12 @@ def _lowres_target(mask: np.ndarray, size: int, lowres: int, device="cpu") -> to
     return F.avg_pool2d(full[None, None], size // lowres)[0, 0].to(device)
 
 
+def _target(mask: np.ndarray, size: int, lowres: int, t: dict, device) -> torch.Tensor:
+    """An episode's loss target: area fractions on the low-res grid, or the mask at the input size
+    with ``fullres_loss`` (see :func:`_losses`)."""
+    return _lowres_target(mask, size, size if t["fullres_loss"] else lowres, device)
+
+
 def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0):
     """Per-mask focal (``gamma`` = 0: plain BCE), dice and IoU-head MSE.
 
@@ -147,7 +153,7 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
     size = sam.image_encoder.img_size
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
     dev = emb.device
-    target = _lowres_target(mask, size, size if t["fullres_loss"] else lowres, dev)
+    target = _target(mask, size, lowres, t, dev)
     pe = sam.prompt_encoder
     ep = Episode(rng, mask, cfg["prompts"], prior, first)
     total = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
@@ -194,7 +200,7 @@ def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Genera
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
     dev, pe = emb.device, sam.prompt_encoder
     eps = [Episode(rng, mask, cfg["prompts"], prior, first) for _, mask, prior, first in items]
-    targets = [_lowres_target(mask, size, size if t["fullres_loss"] else lowres, dev) for _, mask, *_ in items]
+    targets = [_target(mask, size, lowres, t, dev) for _, mask, *_ in items]
     active, r = list(range(len(eps))), 0  # the episodes that go on to round r
     total, ious = {"focal": 0.0, "dice": 0.0, "iou": 0.0}, []
     while active:
