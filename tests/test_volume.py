@@ -27,7 +27,7 @@ def oracle_session(small_sam, monkeypatch):
     s = ps.Session(model, vol)
     calls = []
 
-    def decode(k, state, extra_points=None, extra_box=None):
+    def decode(k, state, extra_points=None, extra_box=None, extra_scribbles=()):
         calls.append(k)
         m = gt[k]
         bits, extent = pack(m) if m.any() else (None, None)

@@ -353,15 +353,17 @@ class Session:
         """Decode ``state``'s prompts on slice ``k`` (feeding back its logits) and record the step."""
         return self._apply({k: (self._states.get(k, EMPTY), self._decode(k, state))}, record=True)
 
-    def _decode(self, k: int, state: SliceState, extra_points=None, extra_box=None) -> SliceState:
+    def _decode(self, k: int, state: SliceState, extra_points=None, extra_box=None, extra_scribbles=()) -> SliceState:
         """Run the decoder for ``state`` on slice ``k``; returns the state with logits, score and mask.
 
-        ``extra_points`` ((N, 2) (row, col), (N,) flags) and ``extra_box`` (r0, c0, r1, c1) are added to
-        the state's own prompts without being stored in it (used by propagation).
+        ``extra_points`` ((N, 2) (row, col), (N,) flags), ``extra_box`` (r0, c0, r1, c1) and
+        ``extra_scribbles`` (as ``SliceState.scribbles``) are added to the state's own prompts without
+        being stored in it (used by propagation).
         """
         if self.tiled:
             return decode_tiles(self, state)
-        rc, flags = points_of(state)
+        scribbles = tuple(state.scribbles) + tuple(extra_scribbles)
+        rc, flags = points_of(replace(state, scribbles=scribbles))
         if extra_points is not None:
             rc = np.concatenate([rc, np.asarray(extra_points[0], float).reshape(-1, 2)])
             flags = np.concatenate([flags, np.asarray(extra_points[1], bool)])
@@ -369,8 +371,8 @@ class Session:
         labels = flags.astype(int) if len(rc) else None
         b = state.box if state.box is not None else (Box(*extra_box) if extra_box is not None else None)
         box = None if b is None else self.frame.box_to_input(b.r0, b.c0, b.r1, b.c1)
-        multimask = len(rc) == 1 and not state.scribbles and box is None and state.logits is None
-        strokes = strokes_for(self.model, self.frame, state.scribbles)
+        multimask = len(rc) == 1 and not scribbles and box is None and state.logits is None
+        strokes = strokes_for(self.model, self.frame, scribbles)
         low, iou = self.model.decode(self._features(k), xy, labels, box, state.logits, multimask, strokes)
         best = int(np.argmax(iou)) if multimask else 0
         bits, extent = pack_crop(self.model.mask(low[best], self.frame.input, self.frame.original, self.threshold))
@@ -379,9 +381,9 @@ class Session:
         if not self.zoom:
             return full
         previous = state.zoom.previous if isinstance(state.zoom, _zoom.Pending) else state.zoom
-        if self.defer_zoom and extra_points is None and extra_box is None:
+        if self.defer_zoom and extra_points is None and extra_box is None and not extra_scribbles:
             return replace(full, zoom=_zoom.Pending(previous))
-        return _zoom.refine(self, k, full, previous, rc, flags, b, state.scribbles)
+        return _zoom.refine(self, k, full, previous, rc, flags, b, scribbles)
 
     def _apply(self, step: dict, record: bool) -> Prediction:
         """Make each slice's state ``after`` (step: {k: (before, after)}); paint the masks; report."""

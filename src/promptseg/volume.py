@@ -2,9 +2,11 @@
 
 Slices that carry prompts are *key slices*. From each key slice the object is carried slice by slice
 along the session's axis: the previous slice's low-resolution logits become the next slice's
-``mask_input``, together with a positive point at the previous mask's innermost pixel. (A box around the
-previous mask was tried too: it makes the decoder find *something* inside the box on every slice, so
-walks ran past the object's end.) A walk stops at the end of the volume or of ``z_range``, at a stop mark
+``mask_input``, together with a positive squiggle along the previous mask's long axis through its
+innermost pixel (``promptseg.evaluate.squiggle``; models without a squiggle input get its points). A
+single point at the innermost pixel was used before: on large flat objects the decoder then shrank the
+mask towards the point from slice to slice; a box around the previous mask made it find *something*
+inside the box on every slice, so walks ran past the object's end. A walk stops at the end of the volume or of ``z_range``, at a stop mark
 (:meth:`Session.set_stop`), at the next key slice, or when the object ends: the mask vanishes, the
 decoder's predicted IoU falls below ``min_score``, the area falls below ``min_area_ratio`` of the
 previous slice's, or the IoU with the previous slice's mask drops below ``stop_iou``. Between two key slices both walks run and their logits are blended linearly by
@@ -22,10 +24,11 @@ from ._state import EMPTY, SliceState, pack_crop, plane_mask
 from .errors import PromptError
 
 
-def _innermost(mask: np.ndarray) -> tuple[float, float]:
-    from .evaluate import innermost
+def _carry(mask: np.ndarray) -> tuple:
+    """The prompt that carries ``mask`` (H, W) bool to the next slice: ((stroke, True),) as scribbles."""
+    from .evaluate import squiggle
 
-    return innermost(mask)
+    return ((tuple(map(tuple, squiggle(mask))), True),)
 
 
 def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, min_area_ratio: float, min_score: float,
@@ -38,8 +41,7 @@ def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, mi
     for j in range(start + step, limit + step, step):
         if j in stops:
             break
-        point = _innermost(prev_mask)
-        state = session._decode(j, SliceState(logits=prev.logits), extra_points=([point], [1]))
+        state = session._decode(j, SliceState(logits=prev.logits), extra_scribbles=_carry(prev_mask))
         tick()
         if state.bits is None or state.score < min_score:
             break
@@ -60,8 +62,8 @@ def _blend(session, j: int, a: int, c: int, fwd: SliceState, bwd: SliceState) ->
                                                  session.threshold))
     state = SliceState(logits=logits, score=(1 - w) * fwd.score + w * bwd.score, bits=bits, extent=extent)
     if session.zoom and bits is not None:  # the blend lives on the full view's grid: zoom in on it again
-        point = _innermost(plane_mask(state, session._plane_shape()))
-        zoomed = session._decode(j, SliceState(logits=logits), extra_points=([point], [1]))
+        carry = _carry(plane_mask(state, session._plane_shape()))
+        zoomed = session._decode(j, SliceState(logits=logits), extra_scribbles=carry)
         if zoomed.bits is not None:
             return zoomed
     return state
