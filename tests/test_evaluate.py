@@ -94,3 +94,18 @@ def test_evaluate_volume_and_report(small_sam, tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="no objects"):
         ev.evaluate(model, [("empty", vol, np.zeros_like(labels), None)])
+
+
+def test_inner_distance_is_the_full_plane_distance_transform():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(1)
+    for shape in [(40, 50), (7, 30, 30), (1, 12)]:
+        for level in (0.45, 0.5, 0.55):
+            mask = ndi.gaussian_filter(rng.random(shape), 2) > level
+            full = ndi.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * mask.ndim]  # borders are outside
+            assert np.array_equal(ev.inner_distance(mask), full)
+    one = np.zeros((5, 5), bool)
+    one[0, 2] = True  # on the image border: distance 1, like any single pixel
+    assert ev.inner_distance(one)[0, 2] == 1.0 and ev.innermost(one) == (0.0, 2.0)
+    assert not ev.inner_distance(np.zeros((4, 4), bool)).any()

@@ -76,8 +76,16 @@ def masd(a: np.ndarray, b: np.ndarray, spacing=None) -> float:
 def inner_distance(mask: np.ndarray) -> np.ndarray:
     """Euclidean distance (pixels) of each mask pixel to the nearest pixel outside it; image borders count
     as outside. float64 of the mask's shape, 0 outside the mask."""
-    padded = np.pad(np.asarray(mask, bool), 1)
-    return ndi.distance_transform_edt(padded)[(slice(1, -1),) * padded.ndim]
+    mask = np.asarray(mask, bool)
+    out = np.zeros(mask.shape)
+    if not mask.any():
+        return out
+    # only the mask's bounding box, padded by one outside pixel, matters: the nearest outside pixel of any
+    # mask pixel lies no farther than that ring (exact, and far cheaper for small objects in big planes)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    padded = np.pad(mask[box], 1)
+    out[box] = ndi.distance_transform_edt(padded)[(slice(1, -1),) * padded.ndim]
+    return out
 
 
 def innermost(mask: np.ndarray) -> tuple[float, ...]:
@@ -102,10 +110,11 @@ def next_click(gt: np.ndarray, pred: np.ndarray) -> tuple[tuple[float, ...], boo
 def squiggle(mask: np.ndarray, n: int = 12) -> np.ndarray:
     """A stroke (n, 2) inside ``mask`` along its long axis through its innermost pixel, as a person draws."""
     rc = np.argwhere(mask).astype(float)
-    centre = np.asarray(innermost(mask))
+    dist = inner_distance(mask)
+    centre = np.asarray(np.unravel_index(int(np.argmax(dist)), mask.shape), float)  # innermost(mask)
     cov = np.cov((rc - rc.mean(axis=0)).T) if len(rc) > 2 else np.eye(2)
     axis = np.linalg.eigh(cov)[1][:, -1]
-    inside = inner_distance(mask) >= 1.5
+    inside = dist >= 1.5
     ends = []
     for sign in (-1, 1):
         t = 0.0
