@@ -3,17 +3,19 @@
 Slices that carry prompts are *key slices*. From each key slice the object is carried slice by slice
 along the session's axis: the previous slice's low-resolution logits become the next slice's
 ``mask_input``, together with a positive squiggle along the previous mask's long axis through its
-innermost pixel (``promptseg.evaluate.squiggle``; models without a squiggle input get its points). A
-single point at the innermost pixel was used before: on large flat objects the decoder then shrank the
-mask towards the point from slice to slice; a box around the previous mask made it find *something*
-inside the box on every slice, so walks ran past the object's end. A walk stops at the end of the volume or of ``z_range``, at a stop mark
-(:meth:`Session.set_stop`), at the next key slice, or when the object ends: the mask vanishes, the
-decoder's predicted IoU falls below ``min_score``, the area falls below ``min_area_ratio`` of the
-previous slice's, or the IoU with the previous slice's mask drops below ``stop_iou``. Between two key slices both walks run and their logits are blended linearly by
-distance, so each key slice dominates near itself. Propagated slices hold no prompts of their own; a
-prompt on one makes it a key slice (its propagated logits are fed back as the correction's
-``mask_input``), and ``propagate(start=k)`` then redoes only the stretches next to slice ``k``.
-The whole propagation is one undo step.
+innermost pixel (``promptseg.evaluate.squiggle``; models without a squiggle input get its points).
+(With a single point at the innermost pixel the decoder shrank large flat objects towards the point
+from slice to slice; with a box around the previous mask it found *something* inside the box on every
+slice, so walks ran past the object's end.)
+
+A walk stops at the end of the volume or of ``z_range``, at a stop mark (:meth:`Session.set_stop`), at
+the next key slice, or when the object ends: the mask vanishes, the decoder's predicted IoU falls below
+``min_score``, the area falls below ``min_area_ratio`` of the previous slice's, or the IoU with the
+previous slice's mask drops below ``stop_iou``. Between two key slices both walks run and their logits
+are blended linearly by distance, so each key slice dominates near itself. Propagated slices hold no
+prompts of their own; a prompt on one makes it a key slice (its propagated logits are fed back as the
+correction's ``mask_input``), and ``propagate(start=k)`` then redoes only the stretches next to slice
+``k``. The whole propagation is one undo step.
 """
 
 from __future__ import annotations
