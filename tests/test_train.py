@@ -240,6 +240,25 @@ def test_propagation_pairs_start_from_the_previous_slice_as_propagate_does(tmp_p
     assert torch.load(path, weights_only=True)
 
 
+
+def test_propagation_pairs_can_carry_the_previous_mask_as_a_squiggle():
+    from promptseg.train.draws import Neighbour, draw, first_input
+    from promptseg.train.episodes import Episode
+    from promptseg.train.trainer import DEFAULTS
+
+    cfg = {k: dict(v) for k, v in DEFAULTS.items()}
+    cfg["data"].update(p_propagate=1.0)
+    cfg["prompts"].update(propagate_carry="squiggle")
+    rng = np.random.default_rng(6)
+    for _ in range(5):
+        img, lab, ids, src = draw(rng, 96, cfg)
+        assert isinstance(src, Neighbour)
+        prior, first = first_input(rng, lab, ids[0], src, cfg["prompts"], 96, 24)
+        assert first.ndim == 2 and first.shape[1] == 2 and len(first) > 1  # a stroke, (n, 2) (row, col)
+        ep = Episode(rng, lab == ids[0], cfg["prompts"], prior, first)
+        assert len(ep.strokes) == 1 and ep.strokes[0][1] and np.array_equal(ep.strokes[0][0], first)
+        assert len(ep.rc) >= 2 and all(ep.flags) and not ep.multimask  # its points too, all positive
+
 # -- CT / MRI-like scenes, zoom windows and coarse priors -------------------------------------------------
 def test_ct_and_mri_scenes_carry_their_units_and_exact_labels():
     from promptseg.train import anatomy

@@ -16,7 +16,7 @@ import torch
 from scipy import ndimage as ndi
 
 from .. import zoom
-from ..evaluate import innermost
+from ..evaluate import innermost, squiggle
 from ..preprocess import Frame
 from . import anatomy
 from . import prompts as P
@@ -162,12 +162,17 @@ def first_input(rng: np.random.Generator, labels: np.ndarray, k: int, src, pr: d
     ``p_prior``: the model's own full-view mask ``own`` (bool (h, w), see :func:`_own_priors`) with
     probability ``p_self_prior``, else a coarse mask (:func:`.prompts.coarse_mask`). On a whole scene,
     a coarse mask with probability ``p_prior_full`` (a mask to correct). On a propagation pair
-    (:class:`Neighbour`) always the previous slice's coarse mask, and the click at its innermost pixel.
+    (:class:`Neighbour`) always the previous slice's coarse mask, and what ``propagate_carry`` says
+    carries it: ``"click"``, its innermost pixel ((1, 2)); ``"squiggle"``, the stroke along its long
+    axis that :func:`promptseg.volume.propagate` gives ((n, 2), :func:`promptseg.evaluate.squiggle`).
     """
     first = None
     if isinstance(src, Neighbour):
         m = P.coarse_mask(rng, src.labels, src.k, 1.0)
-        first = np.asarray(innermost(m), float)[None]
+        if pr["propagate_carry"] == "squiggle" and m.any():
+            first = squiggle(m)
+        else:
+            first = np.asarray(innermost(m), float)[None]
     elif not chance(rng, pr["p_prior"] if src is not None else pr["p_prior_full"]):
         return None, None
     elif own is not None and own.any() and chance(rng, pr["p_self_prior"]):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..prompts import stroke_map
+from ..prompts import scribble_to_points, stroke_map
 from . import prompts as P
 
 
@@ -29,8 +29,9 @@ class Episode:
     ``mask`` is the object's bool (h, w) mask in the (unpadded) training image; ``pr`` the config's
     ``[prompts]`` section; ``prior`` optional (1, 1, L, L) float logits given as the first round's
     ``mask_input`` (a coarse earlier mask, as a zoom window or a mask to correct starts with). The first
-    prompt and the number of rounds are drawn from ``rng`` here, unless ``first`` gives the first prompt:
-    one positive click, (1, 2) (row, col) (a propagation step's; ``mask`` may then be empty).
+    prompt and the number of rounds are drawn from ``rng`` here, unless ``first`` gives the first prompt
+    of a propagation step (``mask`` may then be empty): one positive click, (1, 2) (row, col), or a
+    positive squiggle, (n, 2) with n > 1, sent as the Session sends one (its spread points and strokes).
     """
 
     def __init__(self, rng: np.random.Generator, mask: np.ndarray, pr: dict, prior: torch.Tensor | None = None,
@@ -38,7 +39,11 @@ class Episode:
         self.mask, self.pr = mask, pr
         u = rng.random()
         self.rc, self.flags, self.box, self.strokes = np.zeros((0, 2)), [], None, []
-        if first is not None:
+        if first is not None and len(first) > 1:
+            path = np.asarray(first, float)
+            self.rc, self.strokes = scribble_to_points(path), [(path, True)]
+            self.flags = [1] * len(self.rc)
+        elif first is not None:
             self.rc, self.flags = np.asarray(first, float).reshape(1, 2), [1]
         elif u < pr["p_click"]:
             self.rc, self.flags = P.first_click(rng, mask)[None], [1]

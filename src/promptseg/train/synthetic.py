@@ -1,10 +1,11 @@
 """A fast, domain-randomised generator of 2D images with instance labels, for training.
 
 Each draw is a scene of objects of one family (ellipses, stars and polygons, smooth random blobs,
-touching clusters like nuclei, a mix, or — for training only — thin straight or bent rods) on a
-textured background, rendered with random intensities (objects brighter or darker than the background,
-sometimes barely), inner texture, rims, a smooth bias field, blur and noise — or, when asked for, a
-plain rendering — as grey, H&E-like or fluorescence-like colour. About 3-6 ms for a 256² image.
+touching clusters like nuclei, a mix, or — for training only — thin straight or bent rods, or one or
+two objects up to most of the image) on a textured background, rendered with random intensities
+(objects brighter or darker than the background, sometimes barely), inner texture, rims, a smooth bias
+field, blur and noise — or, when asked for, a plain rendering — as grey, H&E-like or fluorescence-like
+colour. About 3-6 ms for a 256² image.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from scipy import ndimage as ndi
 
 STYLES = ("grey", "grey", "grey", "he", "fluo")
 SCENES = ("mixed", "ellipses", "stars", "blobs", "nuclei", "large")
-EXTRA_SCENES = ("rods",)  # drawn only when asked for (``sample(..., scenes=...)``): the held-out sets stay as they were
+EXTRA_SCENES = ("rods", "huge")  # drawn only when asked for (``sample(..., scenes=...)``): the held-out sets stay as they were
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -83,13 +84,15 @@ def _scene_objects(rng: np.random.Generator, shape: tuple[int, int], scene: str)
     labels = np.zeros(shape, np.int32)
     kinds = {"ellipses": ["ellipse"], "stars": ["star"], "blobs": ["blob"], "nuclei": ["ellipse", "blob"],
              "mixed": ["ellipse", "star", "blob"], "large": ["ellipse", "star", "blob"],
-             "rods": ["rod", "rod", "ellipse"]}[scene]
+             "rods": ["rod", "rod", "ellipse"], "huge": ["ellipse", "blob"]}[scene]
     if scene == "nuclei":
         n, rad = int(rng.integers(10, 60)), side * rng.uniform(0.02, 0.06)
     elif scene == "rods":  # ``rad`` is the half-length
         n, rad = int(rng.integers(2, 20)), side * np.exp(rng.uniform(np.log(0.04), np.log(0.25)))
     elif scene == "large":
         n, rad = int(rng.integers(1, 4)), side * rng.uniform(0.15, 0.35)
+    elif scene == "huge":  # one or two objects up to most of the image (not in the held-out sets)
+        n, rad = int(rng.integers(1, 3)), side * rng.uniform(0.3, 0.45)
     else:
         n, rad = int(rng.integers(3, 25)), side * np.exp(rng.uniform(np.log(0.03), np.log(0.14)))
     allow_overlap = scene == "nuclei" or rng.random() < 0.3

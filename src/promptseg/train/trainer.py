@@ -14,7 +14,8 @@ Zoom windows (``p_zoom``): some images are a window around one object, enlarged 
 the Session's zoom (:mod:`promptseg.zoom`) does; their episodes start, as there, from a full-view mask
 as ``mask_input`` — the model's own prediction on the whole scene (``p_self_prior``) or a coarse,
 perturbed version of the truth. Propagation pairs (``p_propagate``) start from the previous slice's
-mask and one click at its innermost pixel, as :func:`promptseg.volume.propagate` does.
+mask and one click at its innermost pixel or (``propagate_carry = "squiggle"``) a squiggle along its
+long axis, as :func:`promptseg.volume.propagate` now does.
 
 Every random draw of step ``k`` comes from generators seeded with ``(seed, k)``, so a resumed run
 continues exactly as an uninterrupted one would (up to float non-determinism).
@@ -46,7 +47,8 @@ DEFAULTS = {
              "p_propagate": 0.0, "propagate_z_step": [1.0, 4.0], "min_visible": 0.0,
              "p_propagate_small": 0.0},
     "prompts": {"p_click": 0.6, "p_box": 0.3, "p_squiggle": 0.1, "p_correct": 0.5, "max_corrections": 2,
-                "p_squiggle_correct": 0.0, "p_prior": 0.0, "p_prior_full": 0.0, "p_self_prior": 0.0},
+                "p_squiggle_correct": 0.0, "p_prior": 0.0, "p_prior_full": 0.0, "p_self_prior": 0.0,
+                "propagate_carry": "click"},
     "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
               "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": [],
