@@ -25,16 +25,18 @@ def oracle_session(small_sam, monkeypatch):
     gt = _ellipsoid()
     vol = np.where(gt, 200, 30).astype(np.uint8)
     s = ps.Session(model, vol)
-    calls = []
+    calls, carried = [], []
 
     def decode(k, state, extra_points=None, extra_box=None, extra_scribbles=()):
         calls.append(k)
+        carried.append((k, extra_scribbles))
         m = gt[k]
         bits, extent = pack(m) if m.any() else (None, None)
         logits = s.frame.mask_to_lowres(m, model.lowres_size)  # logits consistent with the mask
         return state.__class__(points=state.points, box=state.box, logits=logits, score=0.9, bits=bits, extent=extent)
 
     monkeypatch.setattr(s, "_decode", decode)
+    s.carried = carried  # (slice, the squiggles propagation added) of every decode
     return s, gt, calls
 
 
@@ -47,6 +49,12 @@ def test_propagation_fills_the_object_and_stops_where_it_ends(oracle_session):
     assert p.bbox[0] == slice(present[0], present[-1] + 1)
     assert min(calls) == present[0] - 1 and max(calls) == present[-1] + 1  # one empty slice each way, then stop
     assert set(s.prompts()) == {7}  # propagated slices hold no prompts
+    walked = [(k, sc) for k, sc in s.carried if k != 7]
+    assert walked and all(len(sc) == 1 and sc[0][1] for _, sc in walked)  # one positive squiggle each
+    for k, ((stroke, _),) in walked:  # along the previous slice's mask (one nearer the key slice), inside it
+        prev = gt[k - 1] if k > 7 else gt[k + 1]
+        rc = np.rint(np.asarray(stroke)).astype(int)
+        assert len(rc) > 1 and prev[rc[:, 0], rc[:, 1]].all()
     assert not s.undo().mask[[k for k in present if k != 7]].any()  # one undo step
 
 
