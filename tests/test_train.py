@@ -240,7 +240,6 @@ def test_propagation_pairs_start_from_the_previous_slice_as_propagate_does(tmp_p
     assert torch.load(path, weights_only=True)
 
 
-
 def test_propagation_pairs_can_carry_the_previous_mask_as_a_squiggle():
     from promptseg.train.draws import Neighbour, draw, first_input
     from promptseg.train.episodes import Episode
@@ -333,6 +332,15 @@ def test_plain_renderings_are_flat_objects_on_a_flat_background():
     assert len(spreads) >= 10 and np.median(spreads) < 0.5
     np.testing.assert_array_equal(synthetic.sample(np.random.default_rng(9), 96)[0],
                                   synthetic.sample(np.random.default_rng(9), 96, p_clean=0.0)[0])
+
+
+def test_a_config_with_an_unknown_key_or_carry_is_refused(tmp_path):
+    (tmp_path / "a.toml").write_text('[prompts]\npropagate_carry = "squigle"\n')
+    (tmp_path / "b.toml").write_text("[data]\np_propagte = 0.2\n")
+    with pytest.raises(ValueError, match="propagate_carry"):
+        load_config(tmp_path / "a.toml")
+    with pytest.raises(ValueError, match="p_propagte"):
+        load_config(tmp_path / "b.toml")
 
 
 def test_objects_without_a_visible_outline_are_not_prompted():

@@ -66,6 +66,9 @@ def load_config(path) -> dict:
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {sorted(unknown)} in [{section}]")
         cfg[section] = {**values, **raw.get(section, {})}
+    if cfg["prompts"]["propagate_carry"] not in ("click", "squiggle"):  # a typo would train on clicks silently
+        raise ValueError(f"{path}: propagate_carry must be \"click\" or \"squiggle\", "
+                         f"not {cfg['prompts']['propagate_carry']!r}")
     return cfg
 
 
