@@ -33,8 +33,8 @@ def messages():
     notification_manager.notification_ready.disconnect(record)
 
 
-def _open(make_napari_viewer, qtbot, sample=None, image=None, start=True):
-    viewer = make_napari_viewer()
+def _open(make_napari_viewer, qtbot, sample=None, image=None, start=True, show=False):
+    viewer = make_napari_viewer(show=show)
     if sample:
         viewer.open_sample("promptseg", sample)
     if image is not None:
@@ -95,6 +95,38 @@ def test_box_and_squiggle_through_shapes_layer(make_napari_viewer, qtbot):
     pr = w.session.prompts()[0]
     assert pr["box"] is not None and len(pr["scribbles"]) == 1
     assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)
+
+
+def test_a_large_mask_and_its_correction_are_both_shown(make_napari_viewer, qtbot):
+    # a change above LARGE_CHANGE pixels is written as a box and the shown slice re-read; a small one
+    # goes through napari's partial repaint: the viewer must show the Session's mask either way
+    from promptseg.napari._layers import LARGE_CHANGE
+
+    img = np.full((512, 512), 30, np.uint8)
+    img[50:460, 60:470] = 200
+    viewer, w = _open(make_napari_viewer, qtbot, image=img, show=True)  # shown: its canvas is drawn
+    layer = viewer.layers["current object"]
+    w.layers.shapes.add_rectangles([[[50, 60], [459, 469]]])
+    qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)
+    assert w.session.mask.sum() > LARGE_CHANGE
+    assert np.array_equal(layer.data.astype(bool), w.session.mask)
+    viewer.reset_view()
+
+    def centre():  # the drawn canvas at the image's centre, RGB
+        shot = viewer.screenshot(canvas_only=True, flash=False)
+        return shot[shot.shape[0] // 2, shot.shape[1] // 2, :3].astype(int)
+
+    r, _, b = centre()
+    assert w.session.mask[256, 256] and b - r > 60  # the grey square under the cyan current object
+    _press(w.layers.points, "t")
+    w.layers.points.add([[250, 250]])  # a negative click in the middle: a small change
+    qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)
+    assert not w.session.mask[250, 250]
+    assert np.array_equal(np.asarray(layer._slice.image.raw).astype(bool), w.session.mask)
+    _press(w.layers.points, "Shift-C")
+    assert not layer.data.any()
+    r, _, b = centre()
+    assert abs(b - r) < 20  # grey again
 
 
 def test_deleting_a_point_repredicts_from_the_rest(make_napari_viewer, qtbot):
