@@ -325,6 +325,7 @@ def test_p_propagates_through_the_volume(make_napari_viewer, qtbot, messages):
     viewer, w = _open(make_napari_viewer, qtbot, image=vol)
     qtbot.waitUntil(lambda: len(w.embedded) == 8, timeout=30000)
     viewer.dims.current_step = (4, 0, 0)
+    assert 4 in w.session._feature_cache  # the shown slice's embedding is read before the first prompt
     w.layers.shapes.add_rectangles([[[4, 12, 12], [4, 12, 36], [4, 36, 36], [4, 36, 12]]])
     qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)  # the box's deferred zoom step, if any
     before = viewer.layers["current object"].data.copy()

@@ -201,6 +201,27 @@ def test_volume_prompts_on_slices(small_sam):
     assert (s.labels == label).any() and set(np.flatnonzero((s.labels == label).any(axis=(1, 2)))) <= {2, 4}
 
 
+def test_prefetch_reads_an_embedded_slice_and_never_computes_one(small_sam):
+    model, _ = small_sam
+    vol = (np.random.default_rng(2).random((4, 64, 80)) * 200).astype(np.uint8)
+    s = ps.Session(model, vol, embeddings=ps.embed(vol, model))
+    assert s.prefetch(1) and 1 in s._feature_cache
+    s2 = ps.Session(model, vol)  # an in-memory store: nothing embedded yet
+    assert not s2.prefetch(3) and not s2.store.is_done(3)
+
+
+def test_large_buffers_are_writable_zeros_of_the_image_shape(small_sam):
+    from promptseg._state import lazy_zeros
+
+    a = lazy_zeros((40, 256, 512), np.int32)  # 20 MB: small pages, allocated when written
+    assert a.shape == (40, 256, 512) and a.dtype == np.int32 and a.flags.writeable and not a.any()
+    a[3, 10:20, 10:20] = 7
+    assert a.sum() == 700
+    model, _ = small_sam
+    s = ps.Session(model, np.zeros((40, 256, 512), np.uint8))
+    assert s.labels.shape == s.mask.shape == (40, 256, 512) and s.labels.flags.writeable and not s.labels.any()
+
+
 def test_volume_along_another_axis(small_sam):
     model, _ = small_sam
     vol = np.zeros((40, 6, 50), np.uint8)

@@ -1,6 +1,6 @@
 """The current object and the labels: starting from an existing mask, and committing into the labels.
 
-Functions of a :class:`promptseg.Session` (its methods ``set_mask`` and ``commit`` call them), kept
+Functions of a :class:`promptseg.Session` (its methods ``set_mask``, ``edit`` and ``commit`` call them), kept
 apart so the session module stays about prompting.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._state import EMPTY, SliceState, pack
+from ._state import EMPTY, SliceState, lazy_zeros, pack
 from .errors import ImageError, PromptError
 from .tiling import mask_to_tiles
 
@@ -50,6 +50,23 @@ def mask_step(session, mask, z: int | None = None) -> dict:
     return step
 
 
+def region(session, label_id: int) -> tuple:
+    """Where committed object ``label_id`` can be: its recorded box on a tiled image (a slide, whose
+    labels are too big to scan), else the whole image; a tuple of slices."""
+    box = next((o.get("bbox") for o in reversed(session.objects) if o["id"] == label_id), None) if session.tiled else None
+    return tuple(slice(a, b) for a, b in box) if box else (slice(None),) * session.ndim
+
+
+def mask_of(session, label_id: int) -> np.ndarray:
+    """Committed object ``label_id`` as a bool mask of the image's shape (for ``Session.edit``)."""
+    where = region(session, label_id)
+    mask = lazy_zeros(session.shape, bool)
+    mask[where] = session.labels[where] == label_id
+    if label_id <= 0 or not mask.any():
+        raise PromptError(f"there is no object with id {label_id} in the labels")
+    return mask
+
+
 def commit(session, overwrite: bool) -> int:
     """Write the session's current object into its labels (see ``Session.commit``); returns the id."""
     session.refine()
@@ -58,7 +75,7 @@ def commit(session, overwrite: bool) -> int:
         raise PromptError("nothing to commit: the current object is empty")
     if session.editing is not None:
         label_id = session.editing
-        part = session.labels[session._committed_region(label_id)]
+        part = session.labels[region(session, label_id)]
         part[part == label_id] = 0
     else:
         label_id = int(session.labels.max(initial=0)) + 1

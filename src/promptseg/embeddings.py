@@ -296,6 +296,22 @@ def embed(
     return store
 
 
+def store_settings(store: EmbeddingStore, window, modality, axis, tile_shape, overlap, level) -> tuple:
+    """The preprocessing and tiling a Session on ``store`` uses where its own arguments are None (or
+    ``tile_shape="auto"``): ``(window, axis, tile_shape, overlap, level)`` as the store was made."""
+    sig = store.signature
+    pre = sig.get("preprocessing", {})
+    if window is None and modality is None and pre.get("lo") is not None:
+        window = (pre["lo"], pre["hi"])
+    axis = sig.get("axis") if axis is None else axis
+    tiling = sig.get("tiling")
+    if tiling is not None:
+        tile_shape, overlap, level = tiling["tile"], tiling["overlap"], tiling["level"]
+    elif tile_shape == "auto":
+        tile_shape = None
+    return window, axis, tile_shape, overlap, level
+
+
 def open_store(embedder: Embedder, cache=None, *, overwrite=False) -> EmbeddingStore:
     """The store for ``embedder``'s image and model at ``cache`` (created empty if absent)."""
     g = embedder.model.sam.prompt_encoder.image_embedding_size

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from promptseg._state import lazy_zeros
 from promptseg.errors import CacheError
 
 FORMAT = 1
@@ -234,7 +235,7 @@ class Project:
         Read chunk by chunk into a lazily allocated array, and only chunks holding objects are
         copied, so the labels of a whole slide take memory only where something was annotated.
         """
-        out = np.zeros(self.shape, dtype=np.int32)
+        out = lazy_zeros(self.shape, np.int32)
         if self._labels.nchunks_initialized == 0:
             return out
         grid = [range(0, s, c) for s, c in zip(self.shape, self._labels.chunks)]

@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import _objects, zoom as _zoom
-from .embeddings import Embedder, EmbeddingStore, fill, open_store
+from .embeddings import Embedder, EmbeddingStore, fill, open_store, store_settings
 from .errors import CacheError, ImageError, PromptError
-from ._state import EMPTY, SliceState, insert_axis, pack_crop, points_of, prompts_json, strokes_for, unpack
+from ._state import EMPTY, SliceState, insert_axis, lazy_zeros, pack_crop, points_of, prompts_json, strokes_for, unpack
 from .tiling import TiledEmbedder, decode_tiles, make_embedder
 from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice
 
@@ -34,8 +34,6 @@ class Prediction:
     mask: np.ndarray
     score: float
     bbox: tuple
-
-
 
 
 class Session:
@@ -62,8 +60,8 @@ class Session:
         the model's registry entry says (on for the shipped model, off for the large SAM encoders, where
         each window costs a full encoder pass). Not used on tiled images.
 
-    A tiled image embeds only the tiles its prompts need; its mask and labels buffers are allocated
-    lazily by the OS (``np.zeros``), so only the pages of annotated regions take memory.
+    A tiled image embeds only the tiles its prompts need. The mask and labels buffers are allocated
+    lazily by the OS in small pages (``_state.lazy_zeros``): only annotated regions take memory.
     """
 
     def __init__(self, model, image, embeddings: EmbeddingStore | None = None, *, labels=None, overwrite=False,
@@ -74,17 +72,9 @@ class Session:
         if embedder is not None:
             if embedder.model is not model or embedder.image is not image:
                 raise ValueError("the embedder was made for another model or image")
-        elif embeddings is not None:
-            sig = embeddings.signature
-            pre = sig.get("preprocessing", {})
-            if window is None and modality is None and pre.get("lo") is not None:
-                window = (pre["lo"], pre["hi"])
-            axis = sig.get("axis") if axis is None else axis
-            tiling = sig.get("tiling")
-            if tiling is not None:
-                tile_shape, overlap, level = tiling["tile"], tiling["overlap"], tiling["level"]
-            elif tile_shape == "auto":
-                tile_shape = None
+        elif embeddings is not None:  # the store's preprocessing and tiling, unless given
+            window, axis, tile_shape, overlap, level = store_settings(embeddings, window, modality, axis, tile_shape,
+                                                                      overlap, level)
         self.embedder = embedder or make_embedder(model, image, axis=axis, modality=modality, window=window, rgb=rgb,
                                                   tile_shape=tile_shape, overlap=overlap, level=level)
         self.tiled = isinstance(self.embedder, TiledEmbedder)
@@ -98,9 +88,9 @@ class Session:
         self.frame = self.embedder.frame
         self.threshold = float(threshold)
         self.overwrite = bool(overwrite)
-        self._mask = np.zeros(self.shape, dtype=bool)
+        self._mask = lazy_zeros(self.shape, bool)
         if labels is None:
-            labels = np.zeros(self.shape, dtype=np.int32)
+            labels = lazy_zeros(self.shape, np.int32)
         labels = np.asarray(labels)
         if labels.shape != self.shape:
             raise ImageError(f"labels of shape {labels.shape} do not match the image's spatial shape {self.shape}")
@@ -246,6 +236,16 @@ class Session:
         step = _zoom.refine_pending(self)
         return self._apply(step, record=False) if step else None
 
+    def prefetch(self, z: int) -> bool:
+        """Read slice ``z``'s embedding into memory when it is already computed (never computes it): a
+        viewer calls this when a slice is shown, so the first prompt there does not wait on the cache.
+        Returns whether the embedding is in memory now."""
+        k = self._slice_index(z)
+        if self.tiled or not self.store.is_done(k):
+            return False
+        self._features(k)
+        return True
+
     def set_stop(self, z: int, stop: bool = True) -> None:
         """Mark (or unmark) slice ``z`` as one that propagation must not enter."""
         if self.ndim != 3 or not 0 <= int(z) < self.store.n_slices:
@@ -278,12 +278,7 @@ class Session:
         The labels are not touched until :meth:`commit`, which then replaces the object's pixels and
         keeps its id.
         """
-        region = self._committed_region(int(label_id))
-        mask = np.zeros(self.shape, dtype=bool)
-        mask[region] = self.labels[region] == int(label_id)
-        if label_id <= 0 or not mask.any():
-            raise PromptError(f"there is no object with id {label_id} in the labels")
-        pred = self.set_mask(mask)
+        pred = self.set_mask(_objects.mask_of(self, int(label_id)))
         self.editing = int(label_id)
         return pred
 
@@ -302,12 +297,6 @@ class Session:
         return prompts_json(self._states)
 
     # -- internals --------------------------------------------------------------------------
-    def _committed_region(self, label_id: int) -> tuple:
-        """Where committed object ``label_id`` can be: its recorded box on a tiled image (a slide, whose
-        labels are too big to scan), else the whole image."""
-        box = next((o.get("bbox") for o in reversed(self.objects) if o["id"] == label_id), None) if self.tiled else None
-        return tuple(slice(a, b) for a, b in box) if box else (slice(None),) * self.ndim
-
     def _plane_shape(self) -> tuple[int, int]:
         return self.shape if self.ndim == 2 else tuple(s for i, s in enumerate(self.shape) if i != self.axis)
 

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
+from .._state import lazy_zeros
 from ..errors import PromptError
 from ..prompts import clip_box, inside
 
@@ -50,7 +51,7 @@ class PromptLayers:
             if image_layer.multiscale else None
         # the same world transform as the image: layer data coordinates are then image pixel coordinates
         kw = dict(scale=tuple(image_layer.scale[-self.ndim :]), translate=tuple(image_layer.translate[-self.ndim :]))
-        self.buffer = np.zeros(shape, np.uint8)  # the current object, full resolution
+        self.buffer = lazy_zeros(shape, np.uint8)  # the current object, full resolution
         self.current = viewer.add_labels(
             self._levels(self.buffer), name="current object", opacity=0.55,
             colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.8, 1.0, 1.0)}), **kw,
@@ -200,3 +201,28 @@ class PromptLayers:
 
     def refresh_committed(self) -> None:
         self.committed.refresh()
+
+
+def apply_prompts(session, k: int, want: dict, ndim: int):
+    """Bring ``session``'s prompts on slice ``k`` in line with ``want`` (:meth:`PromptLayers.prompts_on`).
+
+    One added point, box or squiggle is one ``add_*`` call (the previous logits are fed back, as for a
+    click); any other change (a prompt moved or deleted) sets the slice's prompts anew. Returns the
+    Prediction, or None when the prompts are the same.
+    """
+    have = session.prompts().get(k, {"points": [], "box": None, "scribbles": []})
+    pts = [[float(r), float(c), int(f)] for (r, c), f in zip(want["points"], want["positive"])]
+    box = None if want["box"] is None else [*want["box"][0], *want["box"][1]]
+    lines = [[[[float(r), float(c)] for r, c in line], int(f)] for line, f in want["scribbles"]]
+    same_pts, same_box, same_lines = pts == have["points"], box == have["box"], lines == have["scribbles"]
+    lead = () if ndim == 2 else (k,)
+    if same_pts and same_box and same_lines:
+        return None
+    if pts[:-1] == have["points"] and len(pts) == len(have["points"]) + 1 and same_box and same_lines:
+        return session.add_point(lead + tuple(pts[-1][:2]), positive=bool(pts[-1][2]))
+    if same_pts and not same_box and box is not None and same_lines:
+        return session.add_box(lead + tuple(box[:2]), lead + tuple(box[2:]))
+    if same_pts and same_box and lines[:-1] == have["scribbles"] and len(lines) == len(have["scribbles"]) + 1:
+        return session.add_scribble([lead + tuple(v) for v in lines[-1][0]], positive=bool(lines[-1][1]))
+    return session.set_prompts(None if not lead else k, points=[p[:2] for p in pts], positive=[bool(p[2]) for p in pts],
+                               box=want["box"], scribbles=[(line, bool(f)) for line, f in lines])
