@@ -208,12 +208,32 @@ def test_full_resolution_loss_scores_the_boundary_the_session_shows(tmp_path):
     mask[:, :14] = True
     full = _losses(logits, _lowres_target(mask, 32, 32), torch.zeros(1), 0.0)
     low = _losses(logits, _lowres_target(mask, 32, 8), torch.zeros(1), 0.0)
-    assert float(full[3][0]) == pytest.approx(14 / 16) and float(low[3][0]) == pytest.approx(3 / 4)
+    assert float(full[4][0]) == pytest.approx(14 / 16) and float(low[4][0]) == pytest.approx(3 / 4)
     cfg_path = tmp_path / "full.toml"  # and a run with it trains (batched episodes)
     cfg_path.write_text(TINY.replace("threads = 2", "threads = 2\nbatched_episodes = true\nfullres_loss = true"))
     path = train(cfg_path, tmp_path / "run")
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and all(np.isfinite(losses)) and torch.load(path, weights_only=True)
+
+
+def test_click_term_charges_the_clicks_the_mask_ignores(tmp_path):
+    """Logits +5 on the left half of a 32 x 32 input, -5 on the right: a positive click on the left and
+    a negative one on the right cost log(1 + e^-5) each; a positive click on the right costs log(1 + e^5)."""
+    from promptseg.train.trainer import _losses, _lowres_target
+
+    logits = torch.full((1, 8, 8), -5.0)
+    logits[:, :, :4] = 5.0
+    target = _lowres_target(np.ones((32, 32), bool), 32, 32)
+    kept = _losses(logits, target, torch.zeros(1), 0.0, (np.array([[10.0, 3.0], [10.0, 30.0]]), [1, 0]))[3]
+    ignored = _losses(logits, target, torch.zeros(1), 0.0, (np.array([[10.0, 30.0]]), [1]))[3]
+    assert float(kept[0]) == pytest.approx(np.log1p(np.exp(-5.0)), rel=1e-4)
+    assert float(ignored[0]) == pytest.approx(np.log1p(np.exp(5.0)), rel=1e-4)
+    assert float(_losses(logits, target, torch.zeros(1), 0.0)[3][0]) == 0.0
+    cfg_path = tmp_path / "click.toml"  # and a run with it trains and logs the term
+    cfg_path.write_text(TINY.replace("threads = 2", "threads = 2\nbatched_episodes = true\nfullres_loss = true\nclick_weight = 1.0"))
+    train(cfg_path, tmp_path / "run")
+    recs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) and r["click"] > 0 for r in recs)
 
 
 def test_propagation_pairs_start_from_the_previous_slice_as_propagate_does(tmp_path):

@@ -177,7 +177,8 @@ class PromptLayers:
         change of more than :data:`LARGE_CHANGE` pixels, the shown slice, which is then cheaper)."""
         if any(s.stop is not None and s.start is not None and s.stop <= s.start for s in bbox):
             return
-        new = mask[bbox].astype(np.uint8)
+        new = mask[bbox]
+        new = new.view(np.uint8) if new.dtype == bool else new.astype(np.uint8)  # a bool mask: no copy
         old = self.buffer[bbox]
         if self.multiscale:  # the levels are views of the buffer: write, then let napari re-read the view
             old[...] = new

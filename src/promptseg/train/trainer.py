@@ -8,7 +8,8 @@ previous best low-resolution logits back as ``mask_input``. A first single click
 and trains the best of the three masks (as SAM does); the other rounds use one mask. Loss on the
 low-resolution logits against the area-downsampled ground truth (or, with ``fullres_loss``, on the
 logits upsampled to the input size against the exact mask): ``focal_weight * focal + dice``, plus the
-MSE between the IoU head and the actual IoU of each mask.
+MSE between the IoU head and the actual IoU of each mask, plus ``click_weight`` times the BCE of the
+logits at the clicked pixels against the clicks' signs (0 by default).
 
 Zoom windows (``p_zoom``): some images are a window around one object, enlarged to the input size as
 the Session's zoom (:mod:`promptseg.zoom`) does; their episodes start, as there, from a full-view mask
@@ -52,7 +53,8 @@ DEFAULTS = {
     "train": {"seed": 0, "steps": 1000, "batch_size": 8, "objects_per_image": 2, "lr": 1e-3, "min_lr": 1e-5,
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
               "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": [],
-              "device": "cpu", "data_workers": 0, "batched_episodes": False, "fullres_loss": False},
+              "device": "cpu", "data_workers": 0, "batched_episodes": False, "fullres_loss": False,
+              "click_weight": 0.0},
 }
 
 
@@ -131,16 +133,25 @@ def _target(mask: np.ndarray, size: int, lowres: int, t: dict, device) -> torch.
     return _lowres_target(mask, size, size if t["fullres_loss"] else lowres, device)
 
 
-def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0):
-    """Per-mask focal (``gamma`` = 0: plain BCE), dice and IoU-head MSE.
+def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0, clicks=None):
+    """Per-mask focal (``gamma`` = 0: plain BCE), dice, IoU-head MSE and click term.
 
     logits (K, L, L), target (L, L) in 0..1 or (S, S) at the input size, iou_pred (K,). A full-size
     target is compared with the logits upsampled as the Session upsamples them (bilinear), so the loss
-    and the IoU head's target see the boundary the user will see. Returns three (K,) tensors and the
-    actual IoU (K,).
+    and the IoU head's target see the boundary the user will see. ``clicks``: (rc (N, 2) float (row,
+    col) in the training image, flags (N,)), or None. Returns four (K,) tensors and the actual IoU (K,);
+    the click term is the mean BCE of the logits at the clicked pixels against the clicks' signs (0 without
+    clicks): a correction the mask ignores costs extra, however few pixels it covers.
     """
     if target.shape[-1] != logits.shape[-1]:
         logits = F.interpolate(logits[None], size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)[0]
+    click = logits.new_zeros(len(logits))
+    if clicks is not None and len(clicks[1]):
+        n = logits.shape[-1]
+        rc = torch.as_tensor(np.clip(np.floor(clicks[0] * n / target.shape[-1]), 0, n - 1), dtype=torch.long)
+        at = logits[:, rc[:, 0], rc[:, 1]]  # (K, N)
+        want = torch.as_tensor(np.asarray(clicks[1], np.float32), device=logits.device).expand_as(at)
+        click = F.binary_cross_entropy_with_logits(at, want, reduction="none").mean(dim=1)
     t = target.expand_as(logits)
     p = torch.sigmoid(logits)
     bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
@@ -149,7 +160,7 @@ def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, 
     with torch.no_grad():
         pb, tb = logits > 0, t > 0.5
         iou = (pb & tb).sum(dim=(1, 2)) / ((pb | tb).sum(dim=(1, 2)).clamp(min=1))
-    return focal, dice, (iou_pred - iou.float()) ** 2, iou
+    return focal, dice, (iou_pred - iou.float()) ** 2, click, iou
 
 
 def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator, cfg: dict, prior=None, first=None):
@@ -161,26 +172,29 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
     target = _target(mask, size, lowres, t, dev)
     pe = sam.prompt_encoder
     ep = Episode(rng, mask, cfg["prompts"], prior, first)
-    total = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
+    total = {"focal": 0.0, "dice": 0.0, "iou": 0.0, "click": 0.0}
     ious = []
     for r in range(ep.n_rounds):
         multimask = ep.multimask
         sparse, dense = ep.embed_prompts(pe, size, lowres, dev)
         low, iou_pred = sam.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
                                          dense_prompt_embeddings=dense, multimask_output=multimask)
-        ious.append(_add_round(total, low[0], iou_pred[0], target, ep.n_rounds, multimask, t))
+        ious.append(_add_round(total, low[0], iou_pred[0], target, ep.n_rounds, multimask, t, ep))
         if r + 1 < ep.n_rounds and not ep.correct(rng, _feed_back(ep, low, iou_pred[0], multimask, size)):
             break
     return total, ious
 
 
-def _add_round(total: dict, low, iou_pred, target, n_rounds: int, multimask: bool, t: dict) -> float:
-    """Add one round's loss terms (its best mask when multimask) to ``total``; returns that mask's IoU."""
-    focal, dice, mse, iou = _losses(low, target, iou_pred, t["focal_gamma"])
+def _add_round(total: dict, low, iou_pred, target, n_rounds: int, multimask: bool, t: dict, ep=None) -> float:
+    """Add one round's loss terms (its best mask when multimask) to ``total``; returns that mask's IoU.
+    ``ep``: the Episode, whose clicks enter the click term when ``click_weight`` > 0."""
+    clicks = (ep.rc, ep.flags) if ep is not None and t["click_weight"] > 0 else None
+    focal, dice, mse, click, iou = _losses(low, target, iou_pred, t["focal_gamma"], clicks)
     best = int(torch.argmin(t["focal_weight"] * focal + dice)) if multimask else 0
     total["focal"] = total["focal"] + focal[best] / n_rounds
     total["dice"] = total["dice"] + dice[best] / n_rounds
     total["iou"] = total["iou"] + mse.mean() / n_rounds
+    total["click"] = total["click"] + click[best] / n_rounds
     return float(iou[best])
 
 
@@ -207,7 +221,7 @@ def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Genera
     eps = [Episode(rng, mask, cfg["prompts"], prior, first) for _, mask, prior, first in items]
     targets = [_target(mask, size, lowres, t, dev) for _, mask, *_ in items]
     active, r = list(range(len(eps))), 0  # the episodes that go on to round r
-    total, ious = {"focal": 0.0, "dice": 0.0, "iou": 0.0}, []
+    total, ious = {"focal": 0.0, "dice": 0.0, "iou": 0.0, "click": 0.0}, []
     while active:
         multi = [eps[e].multimask for e in active]
         prompts = [eps[e].embed_prompts(pe, size, lowres, dev) for e in active]
@@ -216,7 +230,7 @@ def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Genera
         still = []
         for j, e in enumerate(active):
             sl = slice(1, None) if multi[j] else slice(0, 1)
-            ious.append(_add_round(total, low[j, sl], iou_pred[j, sl], targets[e], eps[e].n_rounds, multi[j], t))
+            ious.append(_add_round(total, low[j, sl], iou_pred[j, sl], targets[e], eps[e].n_rounds, multi[j], t, eps[e]))
             if r + 1 < eps[e].n_rounds and eps[e].correct(rng, _feed_back(eps[e], low[j : j + 1, sl], iou_pred[j, sl],
                                                                         multi[j], size)):
                 still.append(e)
@@ -300,7 +314,7 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         batch = next(loader) if loader is not None else [draw(rng, size, cfg) for _ in range(t["batch_size"])]
         with torch.set_grad_enabled(not encoder_frozen):
             emb = sam.image_encoder(_to_input(sam, [im for im, *_ in batch], dev))
-        terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0}
+        terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0, "click": 0.0}
         ious, n = [], 0
         lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
         own = _own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
@@ -316,7 +330,8 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
                     terms[key] = terms[key] + tot[key]
                 ious += iu
                 n += 1
-        loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]) / n
+        loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]
+                + t["click_weight"] * terms["click"]) / n
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, t["grad_clip"])
