@@ -10,7 +10,7 @@ import numpy as np
 
 from ._state import EMPTY, SliceState, lazy_zeros, pack
 from .errors import ImageError, PromptError
-from .tiling import mask_to_tiles
+from .tiled_decode import mask_to_tiles
 
 
 def mask_step(session, mask, z: int | None = None) -> dict:

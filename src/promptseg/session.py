@@ -18,7 +18,8 @@ from . import _objects, zoom as _zoom
 from .embeddings import Embedder, EmbeddingStore, fill, open_store, store_settings
 from .errors import CacheError, ImageError, PromptError
 from ._state import EMPTY, SliceState, insert_axis, lazy_zeros, pack_crop, points_of, prompts_json, strokes_for, unpack
-from .tiling import TiledEmbedder, decode_tiles, make_embedder
+from .tiled_decode import decode_tiles
+from .tiling import TiledEmbedder, make_embedder
 from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice
 
 

@@ -7,7 +7,8 @@ from napari.qt.threading import create_worker
 
 from ..embeddings import fill, open_store
 from ..models import load_model
-from ..tiling import TiledEmbedder, make_embedder, tiles_in
+from ..tiled_decode import tiles_in
+from ..tiling import TiledEmbedder, make_embedder
 
 
 def fill_job(store, embedder, tiles: list):
