@@ -6,9 +6,7 @@ Errors a user can cause print one line (``promptseg: error: ...``) and exit with
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import PromptError, PromptsegError
@@ -200,34 +198,10 @@ def cmd_segment(args) -> int:
     out = write_labels(args.output, mask, meta)
     print(f"mask: {out} ({int(mask.sum())} pixels, predicted IoU {pred.score:.3f})")
     if args.overlay:
-        _write_overlay(args.overlay, s, image, mask, pts, pred)
+        from .visualize import save_overlay
+
+        print(f"overlay: {save_overlay(args.overlay, s, mask, pts, pred.bbox)}")
     return 0
-
-
-def _write_overlay(path, session, image, mask, pts, pred):
-    import imageio.v3 as iio
-    import numpy as np
-
-    from .visualize import overlay
-
-    emb = session.embedder
-    if session.ndim == 3:  # show the slice that was prompted
-        k = pred.bbox[session.axis].start
-        raw, mask2 = emb.raw_slice(k), np.moveaxis(mask, session.axis, 0)[k]
-        pts = [(np.delete(np.asarray(p), session.axis), f) for p, f in pts]
-    else:
-        raw, mask2 = np.asarray(image), mask
-    rgb = overlay(emb.intensity.apply(raw), mask2.astype(bool), points=pts)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, rgb)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    print(f"overlay: {path}")
 
 
 def cmd_evaluate(args) -> int:

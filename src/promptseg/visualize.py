@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
 from skimage.segmentation import find_boundaries
 
@@ -31,3 +35,32 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, color=(255, 40, 40), alpha: float
         rr, cc = int(round(row)), int(round(col))
         out[max(rr - r, 0) : rr + r + 1, max(cc - r, 0) : cc + r + 1] = (40, 220, 40) if positive else (230, 40, 230)
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def save_overlay(path, session, mask: np.ndarray, points=(), bbox=None) -> Path:
+    """Write a PNG of ``mask`` over the session's image, shown as the Session shows it to the model
+    (its intensity window); a volume shows the first slice of ``bbox`` (the prompted one).
+
+    mask : bool or uint8 of the image's spatial shape. points : ((coords, positive), ...) in image
+    coordinates. The file is replaced atomically (written beside it, then renamed). Returns the path.
+    """
+    import imageio.v3 as iio
+
+    emb = session.embedder
+    if session.ndim == 3:
+        k = bbox[session.axis].start
+        raw, plane = emb.raw_slice(k), np.moveaxis(np.asarray(mask), session.axis, 0)[k]
+        points = [(np.delete(np.asarray(p), session.axis), f) for p, f in points]
+    else:
+        raw, plane = np.asarray(session.image), np.asarray(mask)
+    rgb = overlay(emb.intensity.apply(raw), plane.astype(bool), points=points)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        iio.imwrite(tmp, rgb)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
