@@ -229,6 +229,10 @@ def test_click_term_charges_the_clicks_the_mask_ignores(tmp_path):
     assert float(kept[0]) == pytest.approx(np.log1p(np.exp(-5.0)), rel=1e-4)
     assert float(ignored[0]) == pytest.approx(np.log1p(np.exp(5.0)), rel=1e-4)
     assert float(_losses(logits, target, torch.zeros(1), 0.0)[3][0]) == 0.0
+    # without fullres_loss the target is the 8 x 8 grid: the clicks are still input pixels (size 32)
+    low = _losses(logits, _lowres_target(np.ones((32, 32), bool), 32, 8), torch.zeros(1), 0.0,
+                  (np.array([[10.0, 12.0]]), [1]), size=32)[3]  # column 12 of 32 is in the left (+5) half
+    assert float(low[0]) == pytest.approx(np.log1p(np.exp(-5.0)), rel=1e-4)
     cfg_path = tmp_path / "click.toml"  # and a run with it trains and logs the term
     cfg_path.write_text(TINY.replace("threads = 2", "threads = 2\nbatched_episodes = true\nfullres_loss = true\nclick_weight = 1.0"))
     train(cfg_path, tmp_path / "run")

@@ -90,8 +90,12 @@ def inner_distance(mask: np.ndarray) -> np.ndarray:
 
 def innermost(mask: np.ndarray) -> tuple[float, ...]:
     """Coordinates of the pixel of ``mask`` farthest from its boundary (image borders count as boundary)."""
-    dist = inner_distance(mask)
-    return tuple(float(v) for v in np.unravel_index(int(np.argmax(dist)), mask.shape))
+    return _peak(inner_distance(mask))
+
+
+def _peak(dist: np.ndarray) -> tuple[float, ...]:
+    """Coordinates of the (first) maximum of an array."""
+    return tuple(float(v) for v in np.unravel_index(int(np.argmax(dist)), dist.shape))
 
 
 def next_click(gt: np.ndarray, pred: np.ndarray) -> tuple[tuple[float, ...], bool] | None:
@@ -111,7 +115,7 @@ def squiggle(mask: np.ndarray, n: int = 12) -> np.ndarray:
     """A stroke (n, 2) inside ``mask`` along its long axis through its innermost pixel, as a person draws."""
     rc = np.argwhere(mask).astype(float)
     dist = inner_distance(mask)
-    centre = np.asarray(np.unravel_index(int(np.argmax(dist)), mask.shape), float)  # innermost(mask)
+    centre = np.asarray(_peak(dist))  # innermost(mask), from the distances needed below anyway
     cov = np.cov((rc - rc.mean(axis=0)).T) if len(rc) > 2 else np.eye(2)
     axis = np.linalg.eigh(cov)[1][:, -1]
     inside = dist >= 1.5

@@ -58,6 +58,9 @@ DEFAULTS = {
 }
 
 
+TERMS = ("focal", "dice", "iou", "click")  # the loss terms an episode sums (see _add_round)
+
+
 def load_config(path) -> dict:
     """Read a TOML (``.toml``) or JSON config and fill in :data:`DEFAULTS` per section."""
     path = Path(path)
@@ -133,13 +136,15 @@ def _target(mask: np.ndarray, size: int, lowres: int, t: dict, device) -> torch.
     return _lowres_target(mask, size, size if t["fullres_loss"] else lowres, device)
 
 
-def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0, clicks=None):
+def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0, clicks=None,
+            size: int | None = None):
     """Per-mask focal (``gamma`` = 0: plain BCE), dice, IoU-head MSE and click term.
 
     logits (K, L, L), target (L, L) in 0..1 or (S, S) at the input size, iou_pred (K,). A full-size
     target is compared with the logits upsampled as the Session upsamples them (bilinear), so the loss
     and the IoU head's target see the boundary the user will see. ``clicks``: (rc (N, 2) float (row,
-    col) in the training image, flags (N,)), or None. Returns four (K,) tensors and the actual IoU (K,);
+    col) in the training image, flags (N,)), or None; ``size``: the input side those pixels are of (default:
+a full-size target's). Returns four (K,) tensors and the actual IoU (K,);
     the click term is the mean BCE of the logits at the clicked pixels against the clicks' signs (0 without
     clicks): a correction the mask ignores costs extra, however few pixels it covers.
     """
@@ -148,7 +153,7 @@ def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, 
     click = logits.new_zeros(len(logits))
     if clicks is not None and len(clicks[1]):
         n = logits.shape[-1]
-        rc = torch.as_tensor(np.clip(np.floor(clicks[0] * n / target.shape[-1]), 0, n - 1), dtype=torch.long)
+        rc = torch.as_tensor(np.clip(np.floor(clicks[0] * n / (size or target.shape[-1])), 0, n - 1), dtype=torch.long)
         at = logits[:, rc[:, 0], rc[:, 1]]  # (K, N)
         want = torch.as_tensor(np.asarray(clicks[1], np.float32), device=logits.device).expand_as(at)
         click = F.binary_cross_entropy_with_logits(at, want, reduction="none").mean(dim=1)
@@ -172,24 +177,25 @@ def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator,
     target = _target(mask, size, lowres, t, dev)
     pe = sam.prompt_encoder
     ep = Episode(rng, mask, cfg["prompts"], prior, first)
-    total = {"focal": 0.0, "dice": 0.0, "iou": 0.0, "click": 0.0}
+    total = dict.fromkeys(TERMS, 0.0)
     ious = []
     for r in range(ep.n_rounds):
         multimask = ep.multimask
         sparse, dense = ep.embed_prompts(pe, size, lowres, dev)
         low, iou_pred = sam.mask_decoder(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
                                          dense_prompt_embeddings=dense, multimask_output=multimask)
-        ious.append(_add_round(total, low[0], iou_pred[0], target, ep.n_rounds, multimask, t, ep))
+        ious.append(_add_round(total, low[0], iou_pred[0], target, ep.n_rounds, multimask, t, ep, size))
         if r + 1 < ep.n_rounds and not ep.correct(rng, _feed_back(ep, low, iou_pred[0], multimask, size)):
             break
     return total, ious
 
 
-def _add_round(total: dict, low, iou_pred, target, n_rounds: int, multimask: bool, t: dict, ep=None) -> float:
+def _add_round(total: dict, low, iou_pred, target, n_rounds: int, multimask: bool, t: dict, ep=None,
+               size: int | None = None) -> float:
     """Add one round's loss terms (its best mask when multimask) to ``total``; returns that mask's IoU.
-    ``ep``: the Episode, whose clicks enter the click term when ``click_weight`` > 0."""
+    ``ep``: the Episode, whose clicks enter the click term when ``click_weight`` > 0 (``size``: the input side)."""
     clicks = (ep.rc, ep.flags) if ep is not None and t["click_weight"] > 0 else None
-    focal, dice, mse, click, iou = _losses(low, target, iou_pred, t["focal_gamma"], clicks)
+    focal, dice, mse, click, iou = _losses(low, target, iou_pred, t["focal_gamma"], clicks, size)
     best = int(torch.argmin(t["focal_weight"] * focal + dice)) if multimask else 0
     total["focal"] = total["focal"] + focal[best] / n_rounds
     total["dice"] = total["dice"] + dice[best] / n_rounds
@@ -221,7 +227,7 @@ def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Genera
     eps = [Episode(rng, mask, cfg["prompts"], prior, first) for _, mask, prior, first in items]
     targets = [_target(mask, size, lowres, t, dev) for _, mask, *_ in items]
     active, r = list(range(len(eps))), 0  # the episodes that go on to round r
-    total, ious = {"focal": 0.0, "dice": 0.0, "iou": 0.0, "click": 0.0}, []
+    total, ious = dict.fromkeys(TERMS, 0.0), []
     while active:
         multi = [eps[e].multimask for e in active]
         prompts = [eps[e].embed_prompts(pe, size, lowres, dev) for e in active]
@@ -230,7 +236,8 @@ def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Genera
         still = []
         for j, e in enumerate(active):
             sl = slice(1, None) if multi[j] else slice(0, 1)
-            ious.append(_add_round(total, low[j, sl], iou_pred[j, sl], targets[e], eps[e].n_rounds, multi[j], t, eps[e]))
+            ious.append(_add_round(total, low[j, sl], iou_pred[j, sl], targets[e], eps[e].n_rounds, multi[j], t, eps[e],
+                                   size))
             if r + 1 < eps[e].n_rounds and eps[e].correct(rng, _feed_back(eps[e], low[j : j + 1, sl], iou_pred[j, sl],
                                                                         multi[j], size)):
                 still.append(e)
@@ -314,7 +321,7 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         batch = next(loader) if loader is not None else [draw(rng, size, cfg) for _ in range(t["batch_size"])]
         with torch.set_grad_enabled(not encoder_frozen):
             emb = sam.image_encoder(_to_input(sam, [im for im, *_ in batch], dev))
-        terms = {"focal": 0.0, "dice": 0.0, "iou": 0.0, "click": 0.0}
+        terms = dict.fromkeys(TERMS, 0.0)
         ious, n = [], 0
         lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
         own = _own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
