@@ -169,3 +169,66 @@ def test_mask_over_the_reachable_region_equals_the_full_upscale(low_n, size, ori
             crop, (r0, c0) = hit
             got[r0 : r0 + crop.shape[0], c0 : c0 + crop.shape[1]] = crop
         np.testing.assert_array_equal(got, want.numpy())
+
+
+def _threads_inside(model, monkeypatch):
+    """torch's thread count seen by the decoder and by the upscale during one click of ``model``."""
+    seen = {}
+    real_decoder, real_interp = model._fast_decoder, torch.nn.functional.interpolate
+
+    def decoder():
+        fast = real_decoder()
+        return lambda *a: (seen.setdefault("decode", torch.get_num_threads()), fast(*a))[1]
+
+    def interp(*a, **k):
+        seen.setdefault("upscale", torch.get_num_threads())
+        return real_interp(*a, **k)
+
+    monkeypatch.setattr(model, "_fast_decoder", decoder)
+    monkeypatch.setattr(torch.nn.functional, "interpolate", interp)
+    g = model.sam.prompt_encoder.image_embedding_size[0]
+    feats = torch.randn(1, model.sam.prompt_encoder.embed_dim, g, g)
+    low, _ = model.decode(feats, np.array([[30.0, 40.0]]), np.array([1]), None, None, False)
+    model.upscale(low[0], (model.input_size,) * 2, (300, 300))
+    return seen
+
+
+def test_a_click_on_a_small_grid_runs_on_one_thread_and_restores_the_count(default_model, small_sam, monkeypatch):
+    torch.set_num_threads(3)
+    try:
+        # the default model's 16x16 grid: one thread (waking a second one per op costs more than it saves)
+        assert _threads_inside(default_model, monkeypatch) == {"decode": 1, "upscale": 1}
+        assert torch.get_num_threads() == 3
+        monkeypatch.undo()
+        # SAM's 64x64 grid keeps torch's count, and so does an explicit choice
+        assert _threads_inside(small_sam[0], monkeypatch) == {"decode": 3, "upscale": 3}
+        monkeypatch.undo()
+        monkeypatch.setattr(default_model, "decode_threads", 2)
+        assert _threads_inside(default_model, monkeypatch) == {"decode": 2, "upscale": 2}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(2)
+
+
+def test_a_worker_started_during_a_click_embeds_on_the_gui_threads(default_model):
+    """A thread copies torch's count when it first runs torch, 1 during a click: the jobs pin theirs."""
+    import threading
+
+    pytest.importorskip("napari")
+    from promptseg.models.model import torch_threads
+    from promptseg.napari._workers import embed_job, fill_job
+
+    seen = []
+
+    def run(job):
+        next(job, None)  # the job's first step: an embed job is then ready to embed
+        seen.append(torch.get_num_threads())
+
+    image = np.zeros((64, 64), np.uint8)
+    with torch_threads(1):  # as while the GUI thread decodes a click
+        for job in (fill_job(None, None, []), fill_job(None, None, [], 3),
+                    embed_job({"model": default_model}, image, False, None, [], None, 3)):
+            t = threading.Thread(target=run, args=(job,))
+            t.start()
+            t.join()
+    assert seen == [1, 3, 3]

@@ -11,20 +11,40 @@ from ..tiled_decode import tiles_in
 from ..tiling import TiledEmbedder, make_embedder
 
 
-def fill_job(store, embedder, tiles: list):
-    """Worker generator: embed ``tiles`` of a tiled image (the region in view)."""
+def gui_threads() -> int:
+    """torch's thread count in the calling (GUI) thread, for a job to pin with :func:`_pin`."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _pin(threads: int | None) -> None:
+    # a new thread copies the count last set anywhere, which is 1 while the GUI thread decodes a click
+    # (``PromptModel.decode``): without this, a job started then would embed on one thread
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def fill_job(store, embedder, tiles: list, threads: int | None = None):
+    """Worker generator: embed ``tiles`` of a tiled image (the region in view) on ``threads`` torch threads."""
+    _pin(threads)
     for t in tiles:
         if not store.is_done(t):
             fill(store, embedder, [t])
         yield t
 
 
-def embed_job(model_args: dict, data, rgb: bool, cache, priority: list, level=None):
+def embed_job(model_args: dict, data, rgb: bool, cache, priority: list, level=None, threads: int | None = None):
     """Worker generator: load the model, open the cache, embed missing slices (requested ones first).
+
+    ``threads``: torch threads for the job (:func:`gui_threads` when it was created).
 
     A tiled image (a slide) is not embedded ahead: its tiles are embedded when a prompt or the view
     needs them (see :class:`TilePrefetch`).
     """
+    _pin(threads)
     model = model_args.pop("model", None) or load_model(**model_args)
     embedder = make_embedder(model, data, rgb=rgb, level=level)
     store = open_store(embedder, cache)
@@ -110,8 +130,8 @@ class TilePrefetch:
             done()
             self.widget.report_error(exc)
 
-        self.worker = create_worker(fill_job, s.store, s.embedder, tiles, _connect={"finished": done, "errored": failed},
-                                    _start_thread=True)
+        self.worker = create_worker(fill_job, s.store, s.embedder, tiles, gui_threads(),
+                                    _connect={"finished": done, "errored": failed}, _start_thread=True)
         return tiles
 
     def stop(self) -> None:
