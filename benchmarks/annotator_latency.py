@@ -7,9 +7,10 @@ the ``prompt points`` layer exactly as a click in add mode does and measures the
 has drawn the first frame with the repainted ``current object`` layer (the viewer window is shown) and,
 with zoom on, until the frame after the deferred zoom step (``Session.refine``) is drawn. The current
 object is cleared after every 5 clicks, so each click carries 1-5 prompts with the previous logits fed
-back; the same clicks run with zoom off and on. Side by side, in the same process:
-``segment_anything.SamPredictor.predict`` on the same weights and image (the reference's decoder call
-alone, no viewer).
+back; the same clicks run with zoom off and on. Side by side, in the same process and without a viewer:
+``segment_anything.SamPredictor.predict`` and ``Session.add_point`` on the same weights, image and clicks,
+back to back and 0.3 s apart (as a person clicks), with the ratio of medians (reference / promptseg); and
+``Session.add_point`` again with its decoder on torch's thread count instead of one thread.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from qtpy.QtWidgets import QApplication
 from segment_anything import SamPredictor
 
 import napari
+import promptseg as ps
 
 
 def _wait(app, cond, limit=1800):
@@ -95,6 +97,36 @@ def run_case(name, data, clicks, model, rng, zoom=True):
     return embed_s, np.array(first), np.array(final)
 
 
+def side_by_side(model, img, clicks):
+    """SamPredictor.predict and Session.add_point on the same clicks, no viewer: {(call, pause s): ms}."""
+    pred = SamPredictor(model.sam)
+    pred.set_image(np.repeat(img[..., None], 3, axis=-1))
+    session = ps.Session(model, img, zoom=False)
+    ref = {}  # back to back, and 0.3 s apart as a person clicks
+    threads = f"Session, {torch.get_num_threads()} threads"  # the decoder on torch's count, not one thread
+    for pause in (0.0, 0.3):
+        for who in ("SamPredictor.predict", "Session.add_point", threads):
+            model.decode_threads = torch.get_num_threads() if who == threads else None
+            times = []
+            for i, (r, c) in enumerate(clicks):
+                if i % 5 == 0:  # a new object: SAM's recipe, one multimask first click, then logits fed back
+                    session.reset()
+                    xy, low = [], None
+                xy.append([c, r])
+                time.sleep(pause)
+                t = time.perf_counter()
+                if who != "SamPredictor.predict":
+                    session.add_point((r, c))
+                else:
+                    _, iou, lows = pred.predict(point_coords=np.array(xy), point_labels=np.ones(len(xy)),
+                                                mask_input=low, multimask_output=low is None)
+                    low = lows[[int(np.argmax(iou))]]
+                times.append(1e3 * (time.perf_counter() - t))
+            ref[who, pause] = np.array(times)
+    model.decode_threads = None
+    return ref
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clicks", type=int, default=50)
@@ -106,30 +138,25 @@ def main():
     img = _image2d(rng)
     vol = np.stack([_image2d(np.random.default_rng(k))[::2, ::2] for k in range(200)])
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}")
+    # first, in a clean process: after the viewers are closed both calls ran 2-3x slower (until a
+    # gc.collect() and gc.freeze())
+    clicks = [tuple(int(v) for v in rng.integers(50, 974, size=2)) for _ in range(args.clicks)]
+    ref = side_by_side(ps.load_model(args.model, device="cpu"), img, clicks)
     rows = []
     for name, data in (("image 1024x1024", img), ("volume 200x512x512", vol)):
         for zoom in (False, True):
             embed_s, first, final = run_case(name, data, args.clicks, args.model, np.random.default_rng(1), zoom)
             rows.append((f"{name}, zoom {'on' if zoom else 'off'}", embed_s, first, final))
-    import promptseg as ps
-
-    sam = ps.load_model(args.model, device="cpu").sam
-    pred = SamPredictor(sam)
-    pred.set_image(np.repeat(img[..., None], 3, axis=-1))
-    ref = []
-    for _ in range(args.clicks):
-        x, y = rng.integers(50, 974, size=2)
-        t = time.perf_counter()
-        pred.predict(point_coords=np.array([[x, y]]), point_labels=np.array([1]))
-        ref.append(1e3 * (time.perf_counter() - t))
-    ref = np.array(ref)
     print("first = click to the first frame with the new mask; zoomed = to the frame after the zoom step")
     print(f"{'case':<32} {'embed s':>8} {'first median':>13} {'first p95':>10} {'zoomed median':>14} {'zoomed p95':>11}")
     for name, embed_s, first, final in rows:
         print(f"{name:<32} {embed_s:>8.1f} {np.median(first):>13.1f} {np.percentile(first, 95):>10.1f} "
               f"{np.median(final):>14.1f} {np.percentile(final, 95):>11.1f}")
-    print(f"{'SamPredictor.predict':<32} {'':>8} {np.median(ref):>13.1f} {np.percentile(ref, 95):>10.1f}   "
-          "(reference, 1024x1024, same weights, no viewer)")
+    print("\nno viewer, 1024x1024, the same clicks (1-5 points per object, logits fed back)")
+    print(f"{'call':<24} {'pause s':>8} {'median':>8} {'p95':>8} {'ratio':>6}")
+    for (who, pause), t in ref.items():
+        ratio = np.median(ref["SamPredictor.predict", pause]) / np.median(t)
+        print(f"{who:<24} {pause:>8.1f} {np.median(t):>8.1f} {np.percentile(t, 95):>8.1f} {ratio:>6.2f}")
 
 
 if __name__ == "__main__":
