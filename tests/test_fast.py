@@ -172,49 +172,63 @@ def test_mask_over_the_reachable_region_equals_the_full_upscale(low_n, size, ori
 
 
 def _threads_inside(model, monkeypatch):
-    """torch's thread count seen by the decoder and by the upscale during one click of ``model``."""
+    """torch's thread count seen by the decoder, the thresholded crop and the upscale of one click."""
+    import promptseg.models.model as model_module
+
     seen = {}
-    real_decoder, real_interp = model._fast_decoder, torch.nn.functional.interpolate
+    real_decoder, real_crop, real_interp = model._fast_decoder, model_module.mask_crop, torch.nn.functional.interpolate
 
-    def decoder():
-        fast = real_decoder()
-        return lambda *a: (seen.setdefault("decode", torch.get_num_threads()), fast(*a))[1]
+    def spy(key, f):
+        def g(*a, **k):
+            seen.setdefault(key, torch.get_num_threads())
+            return f(*a, **k)
+        return g
 
-    def interp(*a, **k):
-        seen.setdefault("upscale", torch.get_num_threads())
-        return real_interp(*a, **k)
-
-    monkeypatch.setattr(model, "_fast_decoder", decoder)
-    monkeypatch.setattr(torch.nn.functional, "interpolate", interp)
+    monkeypatch.setattr(model, "_fast_decoder", lambda: spy("decode", real_decoder()))
+    monkeypatch.setattr(model_module, "mask_crop", spy("mask", real_crop))
+    monkeypatch.setattr(torch.nn.functional, "interpolate", spy("upscale", real_interp))
     g = model.sam.prompt_encoder.image_embedding_size[0]
     feats = torch.randn(1, model.sam.prompt_encoder.embed_dim, g, g)
     low, _ = model.decode(feats, np.array([[30.0, 40.0]]), np.array([1]), None, None, False)
+    low[0] = -10.0
+    low[0, 5:8, 5:8] = 10.0  # a small object: the crop path, not the whole-plane upscale
+    model.mask(low[0], (model.input_size,) * 2, (300, 300), 0.0)
     model.upscale(low[0], (model.input_size,) * 2, (300, 300))
     return seen
 
 
 def test_a_click_on_a_small_grid_runs_on_one_thread_and_restores_the_count(default_model, small_sam, monkeypatch):
+    before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        # the default model's 16x16 grid: one thread (waking a second one per op costs more than it saves)
-        assert _threads_inside(default_model, monkeypatch) == {"decode": 1, "upscale": 1}
+        # the default model's 16x16 grid: one thread (a second one, asleep since the last click, costs more)
+        assert _threads_inside(default_model, monkeypatch) == {"decode": 1, "mask": 1, "upscale": 1}
         assert torch.get_num_threads() == 3
         monkeypatch.undo()
         # SAM's 64x64 grid keeps torch's count, and so does an explicit choice
-        assert _threads_inside(small_sam[0], monkeypatch) == {"decode": 3, "upscale": 3}
+        assert _threads_inside(small_sam[0], monkeypatch) == {"decode": 3, "mask": 3, "upscale": 3}
         monkeypatch.undo()
-        monkeypatch.setattr(default_model, "decode_threads", 2)
-        assert _threads_inside(default_model, monkeypatch) == {"decode": 2, "upscale": 2}
+        monkeypatch.setattr(default_model, "click_threads", 2)
+        assert _threads_inside(default_model, monkeypatch) == {"decode": 2, "mask": 2, "upscale": 2}
         assert torch.get_num_threads() == 3
+        monkeypatch.undo()
+        # a failing click leaves the count as it was; a bad setting is refused in one line
+        monkeypatch.setattr(default_model, "_decode", lambda *a: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            default_model.decode(torch.zeros(1, 1, 1, 1), None, None, None, None, False)
+        assert torch.get_num_threads() == 3
+        monkeypatch.setattr(default_model, "click_threads", 0)
+        with pytest.raises(ValueError, match="click_threads must be a positive integer"):
+            default_model.decode(torch.zeros(1, 1, 1, 1), None, None, None, None, False)
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(before)
 
 
-def test_a_worker_started_during_a_click_embeds_on_the_gui_threads(default_model):
-    """A thread copies torch's count when it first runs torch, 1 during a click: the jobs pin theirs."""
+def test_embedding_jobs_pin_their_thread_count_when_started_during_a_click(default_model):
+    """A thread copies torch's count when it first runs torch, and that count is 1 during a click."""
     import threading
 
-    pytest.importorskip("napari")
+    pytest.importorskip("napari.qt.threading")
     from promptseg.models.model import torch_threads
     from promptseg.napari._workers import embed_job, fill_job
 
@@ -224,10 +238,13 @@ def test_a_worker_started_during_a_click_embeds_on_the_gui_threads(default_model
         next(job, None)  # the job's first step: an embed job is then ready to embed
         seen.append(torch.get_num_threads())
 
+    def plain():  # no pin: the premise, torch's own behaviour
+        yield
+
     image = np.zeros((64, 64), np.uint8)
     with torch_threads(1):  # as while the GUI thread decodes a click
-        for job in (fill_job(None, None, []), fill_job(None, None, [], 3),
-                    embed_job({"model": default_model}, image, False, None, [], None, 3)):
+        for job in (plain(), fill_job(None, None, [], threads=3),
+                    embed_job({"model": default_model}, image, False, None, [], None, threads=3)):
             t = threading.Thread(target=run, args=(job,))
             t.start()
             t.join()

@@ -363,9 +363,12 @@ class Session:
         box = None if b is None else self.frame.box_to_input(b.r0, b.c0, b.r1, b.c1)
         multimask = len(rc) == 1 and not scribbles and box is None and state.logits is None
         strokes = strokes_for(self.model, self.frame, scribbles)
-        low, iou = self.model.decode(self._features(k), xy, labels, box, state.logits, multimask, strokes)
-        best = int(np.argmax(iou)) if multimask else 0
-        bits, extent = pack_crop(self.model.mask(low[best], self.frame.input, self.frame.original, self.threshold))
+        feats = self._features(k)
+        with self.model.threads_for_click():  # (once for both calls)
+            low, iou = self.model.decode(feats, xy, labels, box, state.logits, multimask, strokes)
+            best = int(np.argmax(iou)) if multimask else 0
+            crop = self.model.mask(low[best], self.frame.input, self.frame.original, self.threshold)
+        bits, extent = pack_crop(crop)
         full = replace(state, logits=low[best : best + 1].copy(), score=float(iou[best]), bits=bits, extent=extent,
                        zoom=None)
         if not self.zoom:

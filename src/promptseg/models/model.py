@@ -51,15 +51,21 @@ class PromptModel:
     spec : its registry entry (input size, resize rule, normalisation).
     device : torch device it runs on.
     checkpoint : file the weights came from (``None`` for an in-memory model).
+    precision : of the encoder's arithmetic, "float32" or "bfloat16" (autocast); embeddings are stored fp16.
+    fast : fused attention in the encoder and promptseg's own decoder path (``models/fast.py``).
+    click_threads : torch threads for a click's work (``decode``, ``upscale``, ``mask``; see
+        :meth:`threads_for_click`). None: one thread on the CPU when the embedding grid is at most 32x32,
+        else torch's count. Loops that decode back to back (propagation, batches) may prefer
+        ``torch.get_num_threads()``.
     """
 
     sam: Sam
     spec: ModelSpec
     device: torch.device
     checkpoint: Path | None = None
-    precision: str = "float32"  # of the encoder's arithmetic ("bfloat16": autocast); embeddings are stored fp16
-    fast: bool = True  # fused attention in the encoder and promptseg's decoder path (models/fast.py)
-    decode_threads: int | None = None  # torch threads of decode/upscale/mask; None: 1 on grids up to 32x32, else torch's
+    precision: str = "float32"
+    fast: bool = True
+    click_threads: int | None = None
     _fingerprint: str | None = field(default=None, repr=False)
     _decoder: tuple | None = field(default=None, repr=False)
     _fused: bool = field(default=False, repr=False)
@@ -146,15 +152,22 @@ class PromptModel:
         -------
         logits (K, L, L) float32 and predicted IoU (K,) float32, K = 3 or 1, as numpy arrays.
         """
-        with self._click_threads():
+        with self.threads_for_click():
             return self._decode(features, points_xy, labels, box_xyxy, mask_input, multimask, strokes)
 
-    def _click_threads(self):
-        """The thread count for a click's work (decode, upscale, mask), as a context."""
-        n = self.decode_threads
+    def threads_for_click(self):
+        """A context that runs a click's work on ``click_threads`` threads (a no-op when nested).
+
+        ``decode``, ``upscale`` and ``mask`` each enter it; a caller doing several of them for one prompt
+        enters it once around them (``torch.set_num_threads`` is not free).
+        """
+        n = self.click_threads
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise ValueError(f"click_threads must be a positive integer or None, not {n!r}")
         if n is None and self.device.type == "cpu":
-            # A click on a small grid is ~100 short ops and a second thread, asleep since the last click, is
-            # woken for each: on 2 cores 10 ms instead of 4.8 ms for the decoder. SAM's 64x64 grid gains.
+            # Tuned on 2 cores (benchmarks/click_threads.py): on the default model's 16x16 grid the
+            # decoder takes twice as long on two threads as on one when it runs 0.5 s after the last
+            # click (waking the sleeping thread); on SAM's 64x64 grid two threads win. Between: unmeasured.
             g = self.sam.prompt_encoder.image_embedding_size
             n = 1 if g[0] * g[1] <= 32 * 32 else None
         return torch_threads(n)
@@ -209,7 +222,7 @@ class PromptModel:
         Upsample to the padded input, crop the valid (h, w) part, resize to the original (H, W): the same
         steps and interpolation as ``Sam.postprocess_masks``.
         """
-        with self._click_threads():
+        with self.threads_for_click():
             return self._upscale(logits, input_hw, original_hw)
 
     def _upscale(self, logits, input_hw, original_hw):
@@ -227,7 +240,7 @@ class PromptModel:
         Evaluated only over the rows and columns that the low-resolution logits above the threshold can
         reach (``models/resize.py``), so a click on a large image costs in proportion to the object.
         """
-        with self._click_threads():
+        with self.threads_for_click():
             return self._mask(logits, input_hw, original_hw, threshold)
 
     def _mask(self, logits, input_hw, original_hw, threshold):

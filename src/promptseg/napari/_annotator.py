@@ -152,7 +152,7 @@ class AnnotatorWidget(Container):
         handlers = {"yielded": lambda msg, key=key: self._on_worker(msg, key), "errored": self._on_worker_error,
                     "finished": self._close_progress}
         cache = self.project.embeddings_path(key[0] if not level else f"{key[0]}-level{level}")
-        self.worker = create_worker(embed_job, args, data, rgb, cache, self._priority, level, gui_threads(),
+        self.worker = create_worker(embed_job, args, data, rgb, cache, self._priority, level, threads=gui_threads(),
                                     _connect=handlers, _start_thread=True)
 
     def _stop_worker(self, *_):

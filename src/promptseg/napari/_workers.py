@@ -18,16 +18,15 @@ def gui_threads() -> int:
     return torch.get_num_threads()
 
 
-def _pin(threads: int | None) -> None:
+def _pin(threads: int) -> None:
     # a new thread copies the count last set anywhere, which is 1 while the GUI thread decodes a click
-    # (``PromptModel.decode``): without this, a job started then would embed on one thread
-    if threads:
-        import torch
+    # (``PromptModel.threads_for_click``): without this, a job started then would embed on one thread
+    import torch
 
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
 
 
-def fill_job(store, embedder, tiles: list, threads: int | None = None):
+def fill_job(store, embedder, tiles: list, *, threads: int):
     """Worker generator: embed ``tiles`` of a tiled image (the region in view) on ``threads`` torch threads."""
     _pin(threads)
     for t in tiles:
@@ -36,7 +35,7 @@ def fill_job(store, embedder, tiles: list, threads: int | None = None):
         yield t
 
 
-def embed_job(model_args: dict, data, rgb: bool, cache, priority: list, level=None, threads: int | None = None):
+def embed_job(model_args: dict, data, rgb: bool, cache, priority: list, level=None, *, threads: int):
     """Worker generator: load the model, open the cache, embed missing slices (requested ones first).
 
     ``threads``: torch threads for the job (:func:`gui_threads` when it was created).
@@ -130,7 +129,7 @@ class TilePrefetch:
             done()
             self.widget.report_error(exc)
 
-        self.worker = create_worker(fill_job, s.store, s.embedder, tiles, gui_threads(),
+        self.worker = create_worker(fill_job, s.store, s.embedder, tiles, threads=gui_threads(),
                                     _connect={"finished": done, "errored": failed}, _start_thread=True)
         return tiles
 
