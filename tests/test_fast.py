@@ -218,7 +218,7 @@ def test_a_click_on_a_small_grid_runs_on_one_thread_and_restores_the_count(defau
             default_model.decode(torch.zeros(1, 1, 1, 1), None, None, None, None, False)
         assert torch.get_num_threads() == 3
         monkeypatch.setattr(default_model, "click_threads", 0)
-        with pytest.raises(ValueError, match="click_threads must be a positive integer"):
+        with pytest.raises(ModelError, match="click_threads must be a positive integer"):
             default_model.decode(torch.zeros(1, 1, 1, 1), None, None, None, None, False)
     finally:
         torch.set_num_threads(before)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
+from ..errors import ModelError
 from .fast import FastDecoder, fast_attention
 from .resize import axis_map, mask_crop, reach
 from .registry import ModelSpec
@@ -163,7 +164,7 @@ class PromptModel:
         """
         n = self.click_threads
         if n is not None and (not isinstance(n, int) or n < 1):
-            raise ValueError(f"click_threads must be a positive integer or None, not {n!r}")
+            raise ModelError(f"click_threads must be a positive integer or None, not {n!r}")
         if n is None and self.device.type == "cpu":
             # Tuned on 2 cores (benchmarks/click_threads.py): on the default model's 16x16 grid the
             # decoder takes twice as long on two threads as on one when it runs 0.5 s after the last
