@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +40,11 @@ def save_overlay(path, session, mask: np.ndarray, points=(), bbox=None) -> Path:
     (its intensity window); a volume shows the first slice of ``bbox`` (the prompted one).
 
     mask : bool or uint8 of the image's spatial shape. points : ((coords, positive), ...) in image
-    coordinates. The file is replaced atomically (written beside it, then renamed). Returns the path.
+    coordinates. The file is replaced atomically (``io.writers.atomic_file``). Returns the path.
     """
     import imageio.v3 as iio
+
+    from .io.writers import atomic_file
 
     emb = session.embedder
     if session.ndim == 3:
@@ -55,12 +55,5 @@ def save_overlay(path, session, mask: np.ndarray, points=(), bbox=None) -> Path:
         raw, plane = np.asarray(session.image), np.asarray(mask)
     rgb = overlay(emb.intensity.apply(raw), plane.astype(bool), points=points)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, rgb)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_file(path, ".png", lambda tmp: iio.imwrite(tmp, rgb))
     return path

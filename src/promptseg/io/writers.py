@@ -66,7 +66,7 @@ def write_labels(path: str | Path, labels: Any, meta: ImageMeta | None = None) -
         _atomic_folder(path, lambda tmp: _write_ome_zarr(tmp, labels, meta))
     else:
         writer = _write_tiff if fmt == "tiff" else _write_nifti
-        _atomic_file(path, ext, lambda tmp: writer(tmp, labels, meta, path))
+        atomic_file(path, ext, lambda tmp: writer(tmp, labels, meta, path))
     return path
 
 
@@ -108,7 +108,9 @@ def _failed(path: Path, tmp: Path, exc: BaseException) -> None:
     raise ImageIOError(f"cannot write {path}: {one_line(exc)}") from exc
 
 
-def _atomic_file(path: Path, ext: str, write: Callable[[Path], None]) -> None:
+def atomic_file(path: Path, ext: str, write: Callable[[Path], None]) -> None:
+    """Write a file through ``write(tmp)`` into a hidden sibling ending in ``ext``, fsync it, rename it to
+    ``path``; on failure the sibling is removed and the error is one line (``ImageIOError``)."""
     # keep the extension: nibabel picks gzip compression from it
     tmp = _temp_name(path, ext)
     try:
