@@ -157,16 +157,18 @@ def test_bench_prints_ratios_against_segment_anything(tmp_path, capsys):
     assert all(v > 0 for v in enc[1:4] + dec[1:4] + corr[1:4])
 
 
-def test_evaluate_a_sample_with_and_without_zoom(tmp_path, capsys):
+def test_evaluate_a_sample_with_and_without_zoom_and_edges(tmp_path, capsys):
     import json
 
     reports = {}
-    for z in ("off", "on"):
-        out = tmp_path / f"report_{z}.json"
+    for z, e in (("off", "auto"), ("on", "auto"), ("on", "off")):
+        out = tmp_path / f"report_{z}_{e}.json"
         assert main(["evaluate", "sample:ct_lesions", "--modality", "ct", "--start", "box", "--clicks", "2",
-                     "--zoom", z, "-o", str(out), "--device", "cpu"]) == 0
-        reports[z] = json.loads(out.read_text())
+                     "--zoom", z, "--edges", e, "-o", str(out), "--device", "cpu"]) == 0
+        reports[z, e] = json.loads(out.read_text())
         assert "3 objects, box start" in capsys.readouterr().out
     for r in reports.values():
         assert r["n_objects"] == 3 and len(r["mean"]["dice"]) == 3
-    assert reports["on"]["mean"]["dice"] != reports["off"]["mean"]["dice"]  # the windows change the masks
+    dice = {k: r["mean"]["dice"] for k, r in reports.items()}
+    assert dice["on", "auto"] != dice["off", "auto"]  # the windows change the masks
+    assert dice["on", "auto"] != dice["on", "off"]  # and so does the shipped model's edge refiner

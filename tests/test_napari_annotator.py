@@ -395,6 +395,31 @@ def test_zoom_follows_the_model_and_the_checkbox_switches_it(make_napari_viewer,
     assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)
     w._zoom.value = False
     assert not w.session.zoom
-    _press(w.layers.points, "s")  # re-predict: the full view alone now
+    _press(w.layers.points, "s")  # re-predict: the full view alone now (then the edge step, a frame later)
+    qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)
     assert w.session._states[0].zoom is None
     assert np.array_equal(viewer.layers["current object"].data.astype(bool), w.session.mask)
+
+
+def test_edges_follow_the_model_and_the_checkbox_switches_them(make_napari_viewer, qtbot):
+    """The shipped model's edge refiner runs a frame after the prompt, with the zoom step; unticking
+    the box shows the decoder's own boundary, which on a star with sharp points is worse."""
+    from promptseg.evaluate import dice
+
+    rr, cc = np.mgrid[:256, :256]
+    angle = np.arctan2(rr - 128, cc - 128)
+    star = np.hypot(rr - 128, cc - 128) < 30 + 12 * np.cos(5 * angle)
+    img = np.clip(np.where(star, 170, 70) + np.random.default_rng(0).normal(0, 8, star.shape), 0, 255).astype(np.uint8)
+    viewer, w = _open(make_napari_viewer, qtbot, image=img)
+    assert w._edges.value and w.session.edges and w.session.model.has_edges
+    w.layers.points.add([[128, 128]])
+    qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)
+    refined = viewer.layers["current object"].data.astype(bool).copy()
+    assert np.array_equal(refined, w.session.mask)
+    w._edges.value = False
+    assert not w.session.edges
+    _press(w.layers.points, "s")  # re-predict without the edge step
+    qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)
+    plain = viewer.layers["current object"].data.astype(bool)
+    assert np.array_equal(plain, w.session.mask)
+    assert dice(refined, star) > dice(plain, star) + 0.01 and dice(refined, star) > 0.93

@@ -185,7 +185,8 @@ def cmd_segment(args) -> int:
         finally:
             bar.close()
     s = Session(model, image, embeddings=store, axis=args.axis, modality=args.modality if store is None else None,
-                window=args.window if store is None else None, zoom=_ZOOM[args.zoom], **(_tiling(args) if store is None else {}))
+                window=args.window if store is None else None, zoom=_ZOOM[args.zoom], edges=_ZOOM[args.edges],
+                **(_tiling(args) if store is None else {}))
     pred = None
     if args.box:
         b = args.box
@@ -230,7 +231,7 @@ def cmd_evaluate(args) -> int:
         cases.append((name, np.asarray(image), np.asarray(lab), meta.spacing))
     model = _model(args)
     report = evaluate(model, cases, start=args.start, max_clicks=args.clicks, modality=args.modality, window=args.window,
-                      zoom=_ZOOM[args.zoom])
+                      zoom=_ZOOM[args.zoom], edges=_ZOOM[args.edges])
     write_report(report, args.output, args.plot)
     m = report["mean"]
     d = m["dice"]
@@ -275,6 +276,8 @@ _ZOOM = {"auto": None, "on": True, "off": False}
 def _add_zoom_arg(p):
     p.add_argument("--zoom", choices=list(_ZOOM), default="auto",
                    help="predict small objects again in a window around them (default: as the model's entry says)")
+    p.add_argument("--edges", choices=list(_ZOOM), default="auto",
+                   help="redraw mask boundaries with the model's edge refiner (default: when the model has one)")
 
 
 def _add_image_args(p):

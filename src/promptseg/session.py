@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import _objects, zoom as _zoom
+from . import _objects, edges as _edges, zoom as _zoom
 from .embeddings import Embedder, EmbeddingStore, fill, open_store, store_settings
 from .errors import CacheError, ImageError, PromptError
 from ._state import EMPTY, SliceState, insert_axis, lazy_zeros, pack_crop, points_of, prompts_json, strokes_for, unpack
@@ -60,6 +60,8 @@ class Session:
     zoom : predict small objects again in a window around them (:mod:`promptseg.zoom`); default: what
         the model's registry entry says (on for the shipped model, off for the large SAM encoders, where
         each window costs a full encoder pass). Not used on tiled images.
+    edges : redraw each mask's boundary with the model's edge refiner (:mod:`promptseg.edges`); default:
+        on when the model has one (the shipped model does, SAM checkpoints do not). Not on tiled images.
 
     A tiled image embeds only the tiles its prompts need. The mask and labels buffers are allocated
     lazily by the OS in small pages (``_state.lazy_zeros``): only annotated regions take memory.
@@ -67,7 +69,8 @@ class Session:
 
     def __init__(self, model, image, embeddings: EmbeddingStore | None = None, *, labels=None, overwrite=False,
                  axis=None, modality=None, window=None, rgb=None, threshold: float = 0.0, tile_shape="auto",
-                 overlap=None, level=None, embedder: Embedder | None = None, zoom: bool | None = None):
+                 overlap=None, level=None, embedder: Embedder | None = None, zoom: bool | None = None,
+                 edges: bool | None = None):
         self.model = model
         self.image = image
         if embedder is not None:
@@ -106,7 +109,8 @@ class Session:
         self._redo: list[dict] = []
         self._feature_cache: OrderedDict = OrderedDict()
         self.zoom = bool(model.spec.zoom if zoom is None else zoom) and not self.tiled
-        self.defer_zoom = False  # a viewer's choice: prompts skip the zoom step until refine() (promptseg.zoom)
+        self.edges = bool(model.has_edges if edges is None else edges) and model.has_edges and not self.tiled
+        self.defer_zoom = False  # a viewer's choice: prompts skip the zoom and edge steps until refine()
         self._zoom_cache: OrderedDict = OrderedDict()  # (slice, window) -> embedding, see promptseg.zoom
 
     # -- public prompting API ---------------------------------------------------------------
@@ -226,11 +230,11 @@ class Session:
 
     @property
     def needs_refine(self) -> bool:
-        """Whether a deferred zoom step waits for :meth:`refine`."""
+        """Whether a deferred zoom or edge step waits for :meth:`refine`."""
         return any(isinstance(st.zoom, _zoom.Pending) for st in self._states.values())
 
     def refine(self) -> Prediction | None:
-        """Run the zoom steps that prompts deferred (``defer_zoom``); None when there is none.
+        """Run the zoom and edge steps that prompts deferred (``defer_zoom``); None when there is none.
 
         The refined masks complete the last prompt: they replace its result in that undo step.
         """
@@ -371,12 +375,17 @@ class Session:
         bits, extent = pack_crop(crop)
         full = replace(state, logits=low[best : best + 1].copy(), score=float(iou[best]), bits=bits, extent=extent,
                        zoom=None)
-        if not self.zoom:
+        if not self.zoom and not self.edges:
             return full
         previous = state.zoom.previous if isinstance(state.zoom, _zoom.Pending) else state.zoom
         if self.defer_zoom and extra_points is None and extra_box is None and not extra_scribbles:
             return replace(full, zoom=_zoom.Pending(previous))
-        return _zoom.refine(self, k, full, previous, rc, flags, b, scribbles)
+        return self._finish(k, full, previous, rc, flags, b, scribbles)
+
+    def _finish(self, k: int, full: SliceState, previous, rc, flags, box, scribbles) -> SliceState:
+        """The steps after the full view's prediction: the zoom window, then the edge refiner."""
+        state = _zoom.refine(self, k, full, previous, rc, flags, box, scribbles) if self.zoom else full
+        return _edges.refine(self, k, state, rc, flags) if self.edges else state
 
     def _apply(self, step: dict, record: bool) -> Prediction:
         """Make each slice's state ``after`` (step: {k: (before, after)}); paint the masks; report."""

@@ -67,7 +67,11 @@ def _blend(session, j: int, a: int, c: int, fwd: SliceState, bwd: SliceState) ->
         carry = _carry(plane_mask(state, session._plane_shape()))
         zoomed = session._decode(j, SliceState(logits=logits), extra_scribbles=carry)
         if zoomed.bits is not None:
-            return zoomed
+            return zoomed  # (with the edge step, when the session runs it)
+    if session.edges and bits is not None:
+        from . import edges
+
+        state = edges.refine(session, j, state, np.zeros((0, 2)), np.zeros(0, bool))
     return state
 
 

@@ -20,8 +20,9 @@ image around the prompts, decoded from the prompts alone (a lone click as SAM's 
 by predicted IoU), under the same IoU rule.
 
 A viewer can set ``Session.defer_zoom``: a prompt then returns the full view's mask at once (one decoder
-pass), and ``Session.refine()``, called once that mask is on screen, does the zoom step and completes the
-prompt's undo step; the masks are the same as without deferring.
+pass), and ``Session.refine()``, called once that mask is on screen, does the zoom step (and the edge
+refiner's, :mod:`promptseg.edges`) and completes the prompt's undo step; the masks are the same as
+without deferring.
 
 The trainer cuts the same windows around training objects (:func:`window` with a random growth), so the
 model learns the enlarged, softer crops it is given here.
@@ -273,7 +274,7 @@ def refine(session, k: int, full, previous: ZoomView | None, rc: np.ndarray, fla
 
 
 def refine_pending(session) -> dict:
-    """The deferred zoom steps of a session's slices, as an undo step {slice: (pending, refined)}; each
+    """The deferred zoom (and edge) steps of a session's slices, as an undo step {slice: (pending, refined)}; each
     refined state also replaces the pending one in the undo record that made it."""
     from dataclasses import replace
 
@@ -283,7 +284,7 @@ def refine_pending(session) -> dict:
     for k, st in session._states.items():
         if isinstance(st.zoom, Pending):
             rc, flags = points_of(st)
-            step[k] = (st, refine(session, k, replace(st, zoom=None), st.zoom.previous, rc, flags, st.box, st.scribbles))
+            step[k] = (st, session._finish(k, replace(st, zoom=None), st.zoom.previous, rc, flags, st.box, st.scribbles))
     for k, (pending, done) in step.items():
         for rec in reversed(session._undo):
             if k in rec and rec[k][1] is pending:

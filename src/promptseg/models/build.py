@@ -45,7 +45,8 @@ def build_sam(
     pixel_mean, pixel_std : normalisation registered as buffers of the model (0..255 scale).
     overrides : replace any entry of the architecture (``embed_dim``, ``depth``, ``num_heads``,
         ``global_attn_indexes``, ``window_size``, ``prompt_embed_dim``, ``decoder_mlp_dim``, ``strokes`` (a
-        :class:`~promptseg.models.tiny.StrokeEncoder` for native squiggles); for the CNN encoder of
+        :class:`~promptseg.models.tiny.StrokeEncoder` for native squiggles), ``edges`` (an
+        :class:`~promptseg.models.edges.EdgeRefiner` as ``sam.edge_refiner``); for the CNN encoder of
         ``cnn_small`` also ``widths`` and ``blocks``).
 
     Returns
@@ -54,7 +55,7 @@ def build_sam(
     """
     if arch not in ARCHS:
         raise ModelError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
-    cfg = {**dict(window_size=14, prompt_embed_dim=256, decoder_mlp_dim=2048, strokes=False), **ARCHS[arch]}
+    cfg = {**dict(window_size=14, prompt_embed_dim=256, decoder_mlp_dim=2048, strokes=False, edges=False), **ARCHS[arch]}
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ModelError(f"unknown architecture parameter(s) {sorted(unknown)} for {arch!r}")
@@ -103,6 +104,10 @@ def build_sam(
         from .tiny import StrokeEncoder
 
         sam.prompt_encoder.stroke_downscaling = StrokeEncoder(embed)
+    if cfg["edges"]:  # a full-resolution edge refiner after the decoder (promptseg.models.edges)
+        from .edges import EdgeRefiner
+
+        sam.edge_refiner = EdgeRefiner()
     return sam.eval()
 
 

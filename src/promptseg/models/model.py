@@ -86,6 +86,11 @@ class PromptModel:
         return hasattr(self.sam.prompt_encoder, "stroke_downscaling")
 
     @property
+    def has_edges(self) -> bool:
+        """Whether the model has an edge refiner (:mod:`promptseg.models.edges`) to run after the decoder."""
+        return hasattr(self.sam, "edge_refiner")
+
+    @property
     def lowres_size(self) -> int:
         """Side of the low-resolution logits (4x the embedding grid; 256 for SAM)."""
         return 4 * self.sam.prompt_encoder.image_embedding_size[0]
@@ -215,6 +220,32 @@ class PromptModel:
             fast = FastDecoder(self.sam)
             self._decoder = (tensors, now, fast)
         return fast
+
+    @torch.inference_mode()
+    def refine_edges(self, rgb: np.ndarray, mask: np.ndarray, points_rc=None, positive=None, box=None,
+                     max_pixels: int | None = None) -> np.ndarray:
+        """Redraw the boundary of ``mask`` at full resolution with the edge refiner (``has_edges``).
+
+        rgb : uint8 (h, w, 3) crop of the preprocessed image; mask : bool (h, w), the predicted mask in it;
+        points_rc, positive : (N, 2) (row, col) clicks in the crop's frame and (N,) bool, or None.
+        box : (r0, c0, r1, c1) inclusive corners of the box prompt in the crop's frame, or None.
+        max_pixels : a larger crop is averaged down by the smallest integer factor that fits, refined
+            there, and its logits upsampled back (bilinear).
+        Returns bool (h, w).
+        """
+        from .edges import edge_inputs
+
+        with self.threads_for_click():
+            x = edge_inputs(rgb, mask, points_rc, positive, box).to(self.device)
+            h, w = mask.shape
+            f = 1 if max_pixels is None else int(np.ceil(np.sqrt(h * w / max_pixels)))
+            if f > 1:  # the clicks' maps by their maximum, so that a click keeps its full weight
+                x = torch.cat([F.avg_pool2d(x[:, :4], f, ceil_mode=True), F.max_pool2d(x[:, 4:6], f, ceil_mode=True),
+                               F.avg_pool2d(x[:, 6:], f, ceil_mode=True)], 1)
+            out = self.sam.edge_refiner(x)
+            if f > 1:
+                out = F.interpolate(out, scale_factor=f, mode="bilinear", align_corners=False)[..., :h, :w]
+            return (out[0, 0] > 0).cpu().numpy()
 
     @torch.inference_mode()
     def upscale(self, logits: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int]) -> np.ndarray:

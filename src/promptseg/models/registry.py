@@ -120,9 +120,9 @@ for _spec in (
     ),
     ModelSpec(
         "promptseg_cnn_s", "cnn_small", "promptseg_cnn_s.pt", None, None, "Apache-2.0", input_size=256,
-        shipped="promptseg_cnn_s.pt", arch_kwargs={"strokes": True}, zoom=True,
-        description="shipped default: small CNN encoder + SAM decoder with a native squiggle input, trained by "
-                    "promptseg on synthetic data",
+        shipped="promptseg_cnn_s.pt", arch_kwargs={"strokes": True, "edges": True}, zoom=True,
+        description="shipped default: small CNN encoder + SAM decoder with a native squiggle input and an edge "
+                    "refiner, trained by promptseg on synthetic data",
     ),
 ):
     register_model(_spec)

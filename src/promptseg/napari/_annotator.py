@@ -60,6 +60,8 @@ class AnnotatorWidget(Container):
         self._positive = CheckBox(text="positive prompts (T)", value=True)
         self._zoom = CheckBox(text="zoom into small objects", value=True, tooltip="predict a small object again "
                               "in a window around it (models trained for it; each new window is one encoder pass)")
+        self._edges = CheckBox(text="refine edges at full resolution", value=True,
+                               tooltip="redraw each mask's boundary with the model's edge refiner (models that have one)")
         self._commit = PushButton(text="Commit (C)")
         self._undo = PushButton(text="Undo (Ctrl+Z)")
         self._redo = PushButton(text="Redo (Ctrl+Shift+Z)")
@@ -73,12 +75,14 @@ class AnnotatorWidget(Container):
         self._refine_timer = QTimer(self.native, singleShot=True, interval=0)  # dies with the widget
         self._refine_timer.timeout.connect(self._refine)
         self.extend([self._image, self._fix, self._model, self._checkpoint, self._device, self._level, self._start, self._positive,
-                     self._zoom, self._commit, self._undo, self._redo, self._clear, self._propagate, self._edit, self._export_path, self._export,
+                     self._zoom, self._edges, self._commit, self._undo, self._redo, self._clear, self._propagate, self._edit, self._export_path, self._export,
                      self._status])
 
         self._start.clicked.connect(self.start)
         self._positive.changed.connect(lambda v: self.layers and self.layers.set_positive(v))
         self._zoom.changed.connect(lambda v: self.session and setattr(self.session, "zoom", bool(v) and not self.session.tiled))
+        self._edges.changed.connect(lambda v: self.session and setattr(
+            self.session, "edges", bool(v) and self.session.model.has_edges and not self.session.tiled))
         self._commit.clicked.connect(self.commit)
         self._undo.clicked.connect(self.undo)
         self._redo.clicked.connect(self.redo)
@@ -191,6 +195,7 @@ class AnnotatorWidget(Container):
             self._models[key] = model
             self.session = Session(model, embedder.image, embeddings=store, labels=self._start_labels, embedder=embedder)
             self._zoom.value = self.session.zoom  # the model's own default: on for models trained for it
+            self._edges.value = self.session.edges  # on for models with an edge refiner
             self.session.defer_zoom = True  # paint the full view's mask at once, the zoomed one a frame later
             self.layers.set_labels(self.session.labels)
             self.tiles.follow_view(self.session.tiled)
@@ -284,7 +289,7 @@ class AnnotatorWidget(Container):
         if pred is not None:
             self.layers.paint(self.session.mask, pred.bbox)
             self._status.value = f"predicted IoU {pred.score:.2f}"
-            self._refine_timer.start()  # fires after this frame is drawn: the zoom step, if one waits
+            self._refine_timer.start()  # fires after this frame is drawn: the zoom and edge steps, if they wait
 
     def _refine(self) -> None:
         if self.session is not None and self.layers is not None:

@@ -2,7 +2,8 @@
 
 * :mod:`.synthetic` — domain-randomised images with instance labels,
 * :mod:`.prompts` — simulated clicks, boxes, squiggles and correction clicks,
-* :mod:`.trainer` — the training loop, :func:`train`.
+* :mod:`.trainer` — the training loop, :func:`train`,
+* :mod:`.edges` — training of the edge refiner on a trained model's own masks.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ __all__ = ["train"]
 
 
 def train(config_path, out_dir, resume: bool = True, max_minutes: float | None = None):
-    """See :func:`promptseg.train.trainer.train` (imported lazily: it needs torch)."""
+    """See :func:`promptseg.train.trainer.train` (imported lazily: it needs torch); a config with an
+    ``[edges]`` section trains a model's edge refiner instead (:mod:`promptseg.train.edges`)."""
+    from .edges import is_edges_config, train_edges
+
+    if is_edges_config(config_path):
+        return train_edges(config_path, out_dir, resume=resume, max_minutes=max_minutes)
     from .trainer import train as _train
 
     return _train(config_path, out_dir, resume=resume, max_minutes=max_minutes)

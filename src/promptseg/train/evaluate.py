@@ -197,7 +197,7 @@ def _draw(im: np.ndarray, lab: np.ndarray, coins: list[dict], path: str) -> None
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [--zoom off] [--png P] [--json J]
+if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [--zoom off] [--edges off] [--png P] [--json J]
     import argparse
 
     import torch
@@ -208,16 +208,27 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
     ap.add_argument("checkpoint")
     ap.add_argument("config")
     ap.add_argument("--zoom", choices=["on", "off"], default="on", help="the Session's zoom windows (default on)")
+    ap.add_argument("--edges", choices=["on", "off"], default="on", help="the Session's edge refiner, when the model has one")
     ap.add_argument("--png", help="draw the coins' one-click and box masks here")
     ap.add_argument("--json", help="write the report here as well")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    m = load_config(args.config)["model"]
-    spec = ps.ModelSpec("eval_trained", m["arch"], "eval.pt", input_size=m["image_size"], arch_kwargs=m["arch_kwargs"],
-                        pixel_mean=tuple(m["pixel_mean"]), pixel_std=tuple(m["pixel_std"]), zoom=args.zoom == "on")
+    from ..models.registry import get_spec
+    from .edges import is_edges_config
+
+    if is_edges_config(args.config):  # an edge refiner's config: the shipped model's architecture
+        d = get_spec("default")
+        m = {"arch": d.arch, "image_size": d.input_size, "arch_kwargs": d.arch_kwargs, "pixel_mean": d.pixel_mean,
+             "pixel_std": d.pixel_std}
+    else:
+        m = load_config(args.config)["model"]
+    # (a checkpoint without an edge refiner loads without one)
+    spec = ps.ModelSpec("eval_trained", m["arch"], "eval.pt", input_size=m["image_size"],
+                        arch_kwargs={**m["arch_kwargs"], "edges": True}, pixel_mean=tuple(m["pixel_mean"]),
+                        pixel_std=tuple(m["pixel_std"]), zoom=args.zoom == "on")
     ps.register_model(spec, overwrite=True)
     model = ps.load_model("eval_trained", checkpoint=args.checkpoint, device="cpu")
-    text = json.dumps(run(model, png=args.png), indent=1)
+    text = json.dumps(run(model, png=args.png, edges=args.edges == "on"), indent=1)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text)

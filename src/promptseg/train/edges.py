@@ -1,0 +1,223 @@
+"""Training of the edge refiner (:mod:`promptseg.models.edges`) on a trained model's own masks.
+
+Everything but the refiner stays frozen, so the embeddings (and caches) and the decoder's behaviour are
+unchanged. The data are the masks the model actually shows an annotator: the click protocol of
+``promptseg evaluate`` (a click, box or squiggle start, then 20 correction clicks at the innermost pixel
+of the larger error) run through a real :class:`promptseg.Session` on training draws of the held-out
+sets' generators (other seeds: generic scenes, CT-/MRI-like slices and volumes). Each step of each
+object is kept, cut to the object's box plus a margin. Training draws crops of ``crop`` pixels around
+error or boundary pixels of those masks, flipped and transposed, and fits the refiner's logits to the
+truth with binary cross-entropy. With ``rounds`` > 1 the data are collected again after each share of
+the steps, with the refiner trained so far in the loop (its corrections move the later clicks), and
+added to the earlier rounds'.
+
+Config (TOML, one ``[edges]`` section): ``init`` (the trained model, a plain state dict), ``seed``,
+``rounds``, ``generic`` / ``medical_2d`` / ``medical_3d`` (objects per round), ``steps``, ``batch_size``,
+``crop``, ``lr``, ``weight_decay``, ``warmup_steps``, ``threads``, ``checkpoint_every``; run with
+``promptseg train --config CONFIG -o OUT`` (or ``python -m promptseg.train.trainer CONFIG OUT MINUTES``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULTS = {"init": "", "seed": 0, "rounds": 1, "generic": 300, "medical_2d": 240, "medical_3d": 30, "steps": 3000,
+            "batch_size": 48, "crop": 64, "lr": 2e-3, "min_lr": 2e-5, "weight_decay": 1e-4, "warmup_steps": 100,
+            "threads": 2, "checkpoint_every": 250}
+BOX_MARGIN = 40  # px kept around each object's box
+
+
+def is_edges_config(path) -> bool:
+    path = Path(path)
+    return path.suffix == ".toml" and "edges" in tomllib.loads(path.read_text())
+
+
+def load_edges_config(path) -> dict:
+    raw = tomllib.loads(Path(path).read_text()).get("edges", {})
+    unknown = set(raw) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)} in [edges]")
+    return {**DEFAULTS, **raw}
+
+
+def collect(model, pairs, max_clicks: int = 20, rng_offset: int = 0) -> list[dict]:
+    """The protocol's masks on (image, gt) pairs, starts cycling click / box / squiggle.
+
+    Returns per object {"image": uint8 (h, w[, 3]) crop, "gt": bool (h, w), "box": (r0, c0, r1, c1) of a
+    box start in the crop or None, "steps": [(packed mask bits, (N, 3) float points (row, col, positive)
+    in the crop)]}, one step per prompt.
+    """
+    import promptseg as ps
+
+    from ..evaluate import _largest_slice, innermost, next_click, squiggle
+
+    out = []
+    for i, (image, gt) in enumerate(pairs):
+        start = ("click", "box", "squiggle")[(i + rng_offset) % 3]
+        s = ps.Session(model, image)
+        lead, gt2, im2 = ((), gt, image) if gt.ndim == 2 else (((z := _largest_slice(gt)),), gt[z], image[z])
+        rows, cols = np.flatnonzero(gt2.any(1)), np.flatnonzero(gt2.any(0))
+        r0, r1 = max(0, rows[0] - BOX_MARGIN), min(gt2.shape[0], rows[-1] + 1 + BOX_MARGIN)
+        c0, c1 = max(0, cols[0] - BOX_MARGIN), min(gt2.shape[1], cols[-1] + 1 + BOX_MARGIN)
+        pts = []
+        if start == "click":
+            p = innermost(gt2)
+            pts.append((*p, 1))
+            mask = s.add_point(lead + p).mask
+        elif start == "box":
+            mask = s.add_box(lead + (rows[0], cols[0]), lead + (rows[-1], cols[-1])).mask
+        else:
+            line = squiggle(gt2)
+            pts += [(*q, 1) for q in line]
+            mask = s.add_scribble([lead + tuple(q) for q in line]).mask
+        steps = []
+        for n in range(max_clicks + 1):
+            m = np.asarray(mask[lead] if lead else mask)
+            steps.append((np.packbits(m[r0:r1, c0:c1]), np.array(pts, float).reshape(-1, 3) - (r0, c0, 0)))
+            click = next_click(gt2, m) if n < max_clicks else None
+            if click is None:
+                break
+            pts.append((*click[0], int(click[1])))
+            mask = s.add_point(lead + click[0], positive=click[1]).mask
+        box = (rows[0] - r0, cols[0] - c0, rows[-1] - r0, cols[-1] - c0) if start == "box" else None
+        out.append({"image": im2[r0:r1, c0:c1], "gt": gt2[r0:r1, c0:c1], "box": box, "steps": steps})
+    return out
+
+
+def _round_pairs(cfg: dict, r: int) -> list:
+    from .evaluate import medical_set, synthetic_set
+
+    base = 50_000_000 + 1_000_000 * (cfg["seed"] * 10 + r)  # never the held-out sets' seeds (1e7, 2e7)
+    return (synthetic_set(cfg["generic"], seed=base) + medical_set(cfg["medical_2d"], 2, seed=base + 500_000)
+            + medical_set(cfg["medical_3d"], 3, seed=base + 500_000))
+
+
+def draw_crop(rng: np.random.Generator, rec: dict, size: int) -> tuple:
+    """One training crop: (input (7, s, s) float32, target (s, s) float32, weight (s, s) float32)."""
+    from ..models.edges import edge_inputs
+
+    bits, pts = rec["steps"][rng.integers(len(rec["steps"]))]
+    gt = rec["gt"]
+    h, w = gt.shape
+    m = np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
+    x = edge_inputs(rec["image"], m, pts[:, :2], pts[:, 2] > 0, rec.get("box"))[0].numpy()
+    y, wt = gt.astype(np.float32), np.ones((h, w), np.float32)
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:  # a crop smaller than the training crop: pad, outside the mask, with no weight
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
+        x[3, h:, :], x[3, :, w:] = -1, -1
+        y, wt = np.pad(y, ((0, ph), (0, pw))), np.pad(wt, ((0, ph), (0, pw)))
+    where = np.argwhere(m != gt) if rng.random() < 0.5 else np.argwhere((m != np.roll(m, 1, 0)) | (m != np.roll(m, 1, 1)))
+    cr, cc = where[rng.integers(len(where))] if len(where) else (rng.integers(h), rng.integers(w))
+    H, W = y.shape
+    r0 = int(np.clip(cr - size // 2 + rng.integers(-8, 9), 0, H - size))
+    c0 = int(np.clip(cc - size // 2 + rng.integers(-8, 9), 0, W - size))
+    x, y, wt = x[:, r0:r0 + size, c0:c0 + size], y[r0:r0 + size, c0:c0 + size], wt[r0:r0 + size, c0:c0 + size]
+    if rng.random() < 0.5:
+        x, y, wt = x[:, ::-1], y[::-1], wt[::-1]
+    if rng.random() < 0.5:
+        x, y, wt = x[:, :, ::-1], y[:, ::-1], wt[:, ::-1]
+    if rng.random() < 0.5:
+        x, y, wt = x.transpose(0, 2, 1), y.T, wt.T
+    return np.ascontiguousarray(x), np.ascontiguousarray(y), np.ascontiguousarray(wt)
+
+
+def train_edges(config_path, out_dir, resume: bool = True, max_minutes: float | None = None) -> Path:
+    """Train the edge refiner of the config's ``init`` model; writes ``OUT/model_last.pt`` (the whole
+    model, refiner included, a plain state dict), ``OUT/edges_state.pt`` (resume), ``OUT/data_round{r}.pkl``
+    and ``OUT/log.jsonl``."""
+    import promptseg as ps
+    from tqdm import tqdm
+
+    from ..io.writers import atomic_file
+    from ..models.registry import ModelSpec, get_spec, register_model
+
+    cfg = load_edges_config(config_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    spec = get_spec("default")
+    register_model(ModelSpec("edges_training", spec.arch, "edges.pt", input_size=spec.input_size,
+                             arch_kwargs={**spec.arch_kwargs, "edges": True}, zoom=spec.zoom), overwrite=True)
+    model = ps.load_model("edges_training", checkpoint=cfg["init"], device="cpu")
+    if not model.has_edges:  # the init model has no refiner yet: add an untrained one (it changes nothing)
+        from ..models.edges import EdgeRefiner
+
+        model.sam.edge_refiner = EdgeRefiner()
+    net = model.sam.edge_refiner
+    opt = torch.optim.AdamW(net.parameters(), cfg["lr"], weight_decay=cfg["weight_decay"])
+    step = 0
+    if resume and (out / "edges_state.pt").is_file():
+        state = torch.load(out / "edges_state.pt", weights_only=True)
+        net.load_state_dict(state["refiner"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    per_round = math.ceil(cfg["steps"] / cfg["rounds"])
+    data: list = []
+    t0 = time.monotonic()
+    log = open(out / "log.jsonl", "a")
+
+    def save():
+        whole = {k: v.contiguous() for k, v in model.sam.state_dict().items()}
+        atomic_file(out / "model_last.pt", ".pt", lambda tmp: torch.save(whole, tmp))
+        state = {"refiner": net.state_dict(), "optimizer": opt.state_dict(), "step": step}
+        atomic_file(out / "edges_state.pt", ".pt", lambda tmp: torch.save(state, tmp))
+
+    bar = tqdm(total=cfg["steps"], initial=step, desc="edges", mininterval=5)
+    while step < cfg["steps"]:
+        r = step // per_round
+        for q in range(r + 1):  # the rounds' data up to this one, made or read back
+            if q < len(data):
+                continue
+            path = out / f"data_round{q}.pkl"
+            if path.is_file():
+                data.append(pickle.loads(path.read_bytes()))
+                continue
+            net.eval()
+            recs = collect(model, _round_pairs(cfg, q), rng_offset=q)
+            atomic_file(path, ".pkl", lambda tmp: Path(tmp).write_bytes(pickle.dumps(recs)))
+            data.append(recs)
+        pool = [rec for recs in data for rec in recs]
+        net.train()
+        rng = np.random.default_rng([cfg["seed"], step])
+        frac = (step - cfg["warmup_steps"]) / max(1, cfg["steps"] - cfg["warmup_steps"])
+        lr = cfg["lr"] * (step + 1) / cfg["warmup_steps"] if step < cfg["warmup_steps"] else (
+            cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]) * (1 + math.cos(math.pi * min(1.0, frac))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = [draw_crop(rng, pool[rng.integers(len(pool))], cfg["crop"]) for _ in range(cfg["batch_size"])]
+        x, y, wt = (torch.as_tensor(np.stack(v)) for v in zip(*batch))
+        logits = net(x)[:, 0]
+        loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * wt).sum() / wt.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        with torch.no_grad():
+            before = float((((x[:, 3] > 0).float() != y).float() * wt).sum() / wt.sum())
+            after = float((((logits > 0).float() != y).float() * wt).sum() / wt.sum())
+        log.write(json.dumps({"step": step, "lr": lr, "loss": float(loss.detach()), "error_in": before, "error_out": after,
+                              "minutes": (time.monotonic() - t0) / 60}) + "\n")
+        out_of_time = max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes
+        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"] or out_of_time:
+            log.flush()
+            save()
+        if out_of_time:
+            break
+    bar.close()
+    log.close()
+    net.eval()
+    if not (out / "model_last.pt").is_file():
+        save()
+    return out / "model_last.pt"

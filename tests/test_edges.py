@@ -1,0 +1,199 @@
+"""The edge refiner (promptseg.models.edges, promptseg.edges) and its training (promptseg.train.edges)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import promptseg as ps
+from promptseg.evaluate import dice
+from promptseg.models import registry
+from promptseg.models.edges import EdgeRefiner, edge_inputs, region_terms
+
+from conftest import make_checkpoint
+
+
+def _disk(shape=(120, 140), centre=(60, 70), radius=30.0):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 < radius**2
+
+
+def test_edge_inputs_hold_the_standardised_image_the_mask_the_clicks_and_the_box():
+    img = np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)
+    mask = np.zeros((40, 50), bool)
+    mask[10:20, 10:30] = True
+    x = edge_inputs(img, mask, np.array([[15.0, 20.0], [30.0, 40.0], [100.0, 100.0]]), np.array([True, False, True]))
+    assert x.shape == (1, 7, 40, 50) and x.dtype == torch.float32
+    assert torch.allclose(x[0, 0], x[0, 1]) and abs(float(x[0, 0].mean())) < 1e-5  # grey: three equal channels
+    assert torch.equal(x[0, 3] > 0, torch.from_numpy(mask)) and set(x[0, 3].unique().tolist()) == {-1.0, 1.0}
+    pos, neg = x[0, 4], x[0, 5]
+    assert float(pos[15, 20]) == 1.0 and float(neg[30, 40]) == 1.0
+    assert float(pos[30, 40]) < 1e-6 and float(neg[15, 20]) < 1e-6  # each click in its own map
+    assert float(pos[15, 22]) == pytest.approx(np.exp(-4 / 8), abs=1e-6)  # a Gaussian of 2 px
+    # the click far outside the crop is ignored, and no click gives empty maps
+    assert float(pos.sum()) == pytest.approx(float(edge_inputs(img, mask, np.array([[15.0, 20.0]]), [True])[0, 4].sum()))
+    assert float(edge_inputs(img, mask)[0, 4:].abs().sum()) == 0.0  # nor does a missing box
+    boxed = edge_inputs(img, mask, box=(10, 10, 19, 29))[0, 6]
+    assert torch.equal(boxed > 0, torch.from_numpy(mask)) and float(boxed.min()) == -1.0  # corners inclusive
+
+
+def test_region_terms_say_which_side_a_pixel_resembles():
+    """Image 0 left of column 10 and 1 from it; the mask starts two columns early, at column 8. With a
+    9 px window, pixel (r, 8) sees inside the mask columns 8..12 (0, 0, 1, 1, 1: mean 0.6) and outside
+    columns 4..7 (mean 0): |0 - 0|^2 - |0 - 0.6|^2 = -0.36 per channel, over a contrast 0.36 + 0.05/3."""
+    im = torch.zeros(1, 3, 30, 30)
+    im[..., 10:] = 1.0
+    m = torch.zeros(1, 1, 30, 30)
+    m[..., 8:] = 1.0
+    t = region_terms(im, m, sizes=(9,))[0, 0]
+    assert float(t[15, 8]) == pytest.approx(-1.08 / (1.08 + 0.05), abs=1e-5)  # wrongly inside: negative
+    assert float(t[15, 11]) > 0  # rightly inside
+    assert float(t[15, 25]) == 0.0 and float(t[15, 1]) == 0.0  # windows all inside or all outside: no term
+
+
+def test_an_untrained_refiner_returns_the_mask_it_was_given():
+    net = EdgeRefiner().eval()
+    img = np.random.default_rng(1).integers(0, 255, (120, 140, 3), dtype=np.uint8)
+    mask = _disk()
+    with torch.no_grad():
+        out = net(edge_inputs(img, mask, np.array([[60.0, 70.0]]), [True]))
+    assert out.shape == (1, 1, 120, 140) and torch.equal(out[0, 0] > 0, torch.from_numpy(mask))
+
+
+def test_checkpoints_with_and_without_a_refiner_load(tmp_path):
+    """A spec with an edge refiner loads a checkpoint saved without one (it runs without it) and one with
+    its weights (the Session then runs it); a SAM-style model never has one."""
+    spec = ps.ModelSpec("test_edges", "tiny", "e.pth", arch_kwargs={"edges": True})
+    registry.register_model(spec, overwrite=True)
+    try:
+        without = ps.load_model("test_edges", checkpoint=make_checkpoint(tmp_path / "a.pth", 0), device="cpu")
+        assert not without.has_edges and not ps.Session(without, np.zeros((40, 40), np.uint8)).edges
+        with_ = ps.load_model("test_edges", checkpoint=make_checkpoint(tmp_path / "b.pth", 0, edges=True), device="cpu")
+        assert with_.has_edges and ps.Session(with_, np.zeros((40, 40), np.uint8)).edges
+        assert not ps.Session(with_, np.zeros((40, 40), np.uint8), edges=False).edges
+    finally:
+        registry.unregister_model("test_edges")
+
+
+def test_a_large_crop_is_refined_at_a_coarser_scale(small_sam, monkeypatch):
+    """Past ``max_pixels`` the refiner sees the crop averaged down by an integer factor; the mask comes
+    back at full size (here through an untrained refiner: the mask itself, to within the coarser grid)."""
+    model, _ = small_sam
+    model.sam.edge_refiner = EdgeRefiner().eval()
+    seen = []
+    forward = model.sam.edge_refiner.forward
+    monkeypatch.setattr(model.sam.edge_refiner, "forward", lambda x: seen.append(x.shape) or forward(x))
+    try:
+        mask = _disk((300, 250), (150, 125), 90)
+        img = np.where(mask, 200, 30).astype(np.uint8)
+        full = model.refine_edges(img, mask)
+        small = model.refine_edges(img, mask, max_pixels=100 * 100)
+        assert seen == [(1, 7, 300, 250), (1, 7, 100, 84)]  # factor 3 (ceil(sqrt(75000 / 10000)))
+        assert np.array_equal(full, mask) and small.shape == mask.shape and dice(small, mask) > 0.98
+    finally:
+        del model.sam.edge_refiner
+
+
+def test_training_the_refiner_changes_only_the_refiner_and_resumes(tmp_path):
+    """Two steps, then the same config with three resumed: the whole model is saved, the decoder and
+    encoder equal the init model's, the refiner moved; the collected data are read back on resume."""
+    from promptseg.models.checkpoints import weights_dir
+    from promptseg.train import train
+
+    init = weights_dir() / "promptseg_cnn_s.pt"
+    text = (f'[edges]\ninit = "{init}"\nseed = 1\nrounds = 1\ngeneric = 2\nmedical_2d = 1\nmedical_3d = 0\n'
+            'steps = STEPS\nbatch_size = 2\ncrop = 32\nthreads = 1\nwarmup_steps = 1\n')
+    cfg = tmp_path / "edges.toml"
+    cfg.write_text(text.replace("STEPS", "2"))
+    out = tmp_path / "run"
+    train(cfg, out)
+    assert torch.load(out / "edges_state.pt", weights_only=True)["step"] == 2
+    data = (out / "data_round0.pkl").stat().st_mtime_ns
+    cfg.write_text(text.replace("STEPS", "3"))
+    path = train(cfg, out)
+    assert torch.load(out / "edges_state.pt", weights_only=True)["step"] == 3
+    assert (out / "data_round0.pkl").stat().st_mtime_ns == data  # read back, not collected again
+    state, base = torch.load(path, weights_only=True), torch.load(init, weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in base.items() if not k.startswith("edge_refiner."))
+    assert not torch.equal(state["edge_refiner.out.weight"], torch.zeros_like(state["edge_refiner.out.weight"]))
+    model = ps.load_model("default", checkpoint=path, device="cpu")
+    assert model.has_edges and ps.Session(model, np.zeros((60, 60), np.uint8)).add_point((30, 30)).mask.shape == (60, 60)
+
+
+def _star(shape=(256, 256), centre=(128, 128), seed=0):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    angle = np.arctan2(rr - centre[0], cc - centre[1])
+    star = np.hypot(rr - centre[0], cc - centre[1]) < 30 + 12 * np.cos(5 * angle)
+    img = np.where(star, 170, 70) + np.random.default_rng(seed).normal(0, 8, star.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), star
+
+
+def test_the_shipped_refiner_sharpens_a_star_near_the_decoders_mask(default_model):
+    """A five-pointed star: the decoder's 64 x 64 grid rounds its points, the refiner brings them back;
+    it changes pixels only within its margin of the decoder's mask."""
+    from promptseg.models.edges import MARGIN
+
+    assert default_model.has_edges
+    img, star = _star()
+    plain = ps.Session(default_model, img, edges=False).add_point((128, 128)).mask
+    sharp = ps.Session(default_model, img).add_point((128, 128)).mask
+    assert dice(sharp, star) > dice(plain, star) + 0.01 and dice(sharp, star) > 0.93
+    rows, cols = np.nonzero(plain ^ sharp)
+    r, c = np.nonzero(plain)
+    assert rows.min() >= r.min() - MARGIN and rows.max() <= r.max() + MARGIN
+    assert cols.min() >= c.min() - MARGIN and cols.max() <= c.max() + MARGIN
+
+
+def test_a_deferred_prompt_shows_the_decoders_mask_then_the_refined_one(default_model):
+    img, _ = _star(seed=1)
+    direct = ps.Session(default_model, img)
+    a = direct.add_point((128, 128)).mask.copy()
+    b = direct.add_point((128, 200), positive=False).mask.copy()
+    s = ps.Session(default_model, img, zoom=False)  # the edge step alone is deferred too
+    s.defer_zoom = True
+    quick = s.add_point((128, 128)).mask.copy()
+    full_view = ps.Session(default_model, img, zoom=False, edges=False).add_point((128, 128)).mask
+    assert s.needs_refine and np.array_equal(quick, full_view)
+    direct = ps.Session(default_model, img, zoom=False)
+    assert np.array_equal(s.refine().mask, direct.add_point((128, 128)).mask) and s.refine() is None
+    s.add_point((128, 200), positive=False)
+    assert np.array_equal(s.refine().mask, direct.add_point((128, 200), positive=False).mask)
+    assert not np.array_equal(a, full_view) and b.any()
+
+
+def test_the_session_gives_the_refiner_its_crop_clicks_and_box(default_model, monkeypatch):
+    """The refiner sees the decoder's mask with 24 px around it, the slice's clicks and its box, all in
+    the crop's frame (found here from where the decoder's own mask lies in the plane and in the crop)."""
+    img, _ = _star()
+    plain = ps.Session(default_model, img, zoom=False, edges=False)
+    plain.add_box((80, 85), (175, 170))
+    coarse = plain.add_point((128, 210), positive=False).mask
+    calls = []
+    real = default_model.refine_edges
+
+    def spy(rgb, mask, points, positive, box, max_pixels):
+        calls.append((rgb, mask.copy(), points, positive, box))
+        return real(rgb, mask, points, positive, box, max_pixels=max_pixels)
+
+    monkeypatch.setattr(default_model, "refine_edges", spy)
+    s = ps.Session(default_model, img, zoom=False)
+    s.add_box((80, 85), (175, 170))
+    s.add_point((128, 210), positive=False)
+    rgb, mask, points, positive, box = calls[-1]
+    assert rgb.shape == mask.shape + (3,) and rgb.dtype == np.uint8
+    origin = np.argwhere(coarse).min(axis=0) - np.argwhere(mask).min(axis=0)
+    r, c = np.nonzero(coarse)
+    assert tuple(origin) == (max(0, r.min() - 24), max(0, c.min() - 24))
+    assert np.array_equal(np.asarray(box) + np.tile(origin, 2), [80, 85, 175, 170])
+    assert np.allclose(points + origin, [[128, 210]]) and list(positive) == [False]
+
+
+def test_a_click_keeps_its_weight_when_a_large_crop_is_refined_coarser(default_model):
+    """A 410 px square: its crop is refined at a quarter of its size, where an averaged-down click map
+    would be a sixteenth as strong; the clicks' maps are reduced by their maximum instead."""
+    img = np.full((512, 512), 30, np.uint8)
+    img[50:460, 60:470] = 200
+    s = ps.Session(default_model, img)
+    s.add_box((50, 60), (459, 469))
+    assert not s.add_point((250, 250), positive=False).mask[250, 250]
