@@ -385,7 +385,7 @@ class Session:
     def _finish(self, k: int, full: SliceState, previous, rc, flags, box, scribbles) -> SliceState:
         """The steps after the full view's prediction: the zoom window, then the edge refiner."""
         state = _zoom.refine(self, k, full, previous, rc, flags, box, scribbles) if self.zoom else full
-        return _edges.refine(self, k, state, rc, flags) if self.edges else state
+        return _edges.refine(self, k, state, rc, flags) if self.edges and self.model.has_edges else state
 
     def _apply(self, step: dict, record: bool) -> Prediction:
         """Make each slice's state ``after`` (step: {k: (before, after)}); paint the masks; report."""

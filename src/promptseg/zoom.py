@@ -274,8 +274,8 @@ def refine(session, k: int, full, previous: ZoomView | None, rc: np.ndarray, fla
 
 
 def refine_pending(session) -> dict:
-    """The deferred zoom (and edge) steps of a session's slices, as an undo step {slice: (pending, refined)}; each
-    refined state also replaces the pending one in the undo record that made it."""
+    """The deferred zoom (and edge) steps of a session's slices, as an undo step {slice: (pending,
+    refined)}; each refined state also replaces the pending one in the undo record that made it."""
     from dataclasses import replace
 
     from ._state import points_of
