@@ -30,8 +30,9 @@ MARGIN = 24  # px around the mask's box that the refiner sees and may change
 
 
 def region_terms(image: torch.Tensor, mask: torch.Tensor, sizes=REGION_SIZES) -> torch.Tensor:
-    """Per pixel, (|x - mean outside|^2 - |x - mean inside|^2) / |mean inside - mean outside|^2 over each
-    window size, clipped to +-3; 0 where the window is (almost) all inside or all outside.
+    """Per pixel, (|x - mean outside|^2 - |x - mean inside|^2) / (|mean inside - mean outside|^2 + 0.05),
+    squared norms over the colour channels, the means over a window of each size, clipped to +-3; 0 where
+    the window is (almost) all inside or all outside.
 
     image : float (B, 3, H, W), standardised; mask : float (B, 1, H, W) in {0, 1}.
     Returns float (B, len(sizes), H, W).
