@@ -22,6 +22,15 @@ def make_checkpoint(path, seed: int, **arch) -> str:
     return str(path)
 
 
+def star_image(shape=(256, 256), centre=(128, 128), seed=0):
+    """A five-pointed star (radius 30 +- 12 px) at grey 170 on 70 with noise 8: uint8 image, bool mask."""
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    angle = np.arctan2(rr - centre[0], cc - centre[1])
+    star = np.hypot(rr - centre[0], cc - centre[1]) < 30 + 12 * np.cos(5 * angle)
+    img = np.where(star, 170, 70) + np.random.default_rng(seed).normal(0, 8, star.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), star
+
+
 @pytest.fixture(scope="session")
 def small_sam(tmp_path_factory):
     """A registered small SAM ("test_small": tiny encoder *with* a global-attention block) and its file."""

@@ -11,7 +11,7 @@ from promptseg.evaluate import dice
 from promptseg.models import registry
 from promptseg.models.edges import EdgeRefiner, edge_inputs, region_terms
 
-from conftest import make_checkpoint
+from conftest import make_checkpoint, star_image
 
 
 def _disk(shape=(120, 140), centre=(60, 70), radius=30.0):
@@ -121,21 +121,13 @@ def test_training_the_refiner_changes_only_the_refiner_and_resumes(tmp_path):
     assert model.has_edges and ps.Session(model, np.zeros((60, 60), np.uint8)).add_point((30, 30)).mask.shape == (60, 60)
 
 
-def _star(shape=(256, 256), centre=(128, 128), seed=0):
-    rr, cc = np.mgrid[: shape[0], : shape[1]]
-    angle = np.arctan2(rr - centre[0], cc - centre[1])
-    star = np.hypot(rr - centre[0], cc - centre[1]) < 30 + 12 * np.cos(5 * angle)
-    img = np.where(star, 170, 70) + np.random.default_rng(seed).normal(0, 8, star.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), star
-
-
 def test_the_shipped_refiner_sharpens_a_star_near_the_decoders_mask(default_model):
     """A five-pointed star: the decoder's 64 x 64 grid rounds its points, the refiner brings them back;
     it changes pixels only within its margin of the decoder's mask."""
     from promptseg.models.edges import MARGIN
 
     assert default_model.has_edges
-    img, star = _star()
+    img, star = star_image()
     plain = ps.Session(default_model, img, edges=False).add_point((128, 128)).mask
     sharp = ps.Session(default_model, img).add_point((128, 128)).mask
     assert dice(sharp, star) > dice(plain, star) + 0.01 and dice(sharp, star) > 0.93
@@ -146,7 +138,7 @@ def test_the_shipped_refiner_sharpens_a_star_near_the_decoders_mask(default_mode
 
 
 def test_a_deferred_prompt_shows_the_decoders_mask_then_the_refined_one(default_model):
-    img, _ = _star(seed=1)
+    img, _ = star_image(seed=1)
     direct = ps.Session(default_model, img)
     a = direct.add_point((128, 128)).mask.copy()
     b = direct.add_point((128, 200), positive=False).mask.copy()
@@ -165,7 +157,7 @@ def test_a_deferred_prompt_shows_the_decoders_mask_then_the_refined_one(default_
 def test_the_session_gives_the_refiner_its_crop_clicks_and_box(default_model, monkeypatch):
     """The refiner sees the decoder's mask with 24 px around it, the slice's clicks and its box, all in
     the crop's frame (found here from where the decoder's own mask lies in the plane and in the crop)."""
-    img, _ = _star()
+    img, _ = star_image()
     plain = ps.Session(default_model, img, zoom=False, edges=False)
     plain.add_box((80, 85), (175, 170))
     coarse = plain.add_point((128, 210), positive=False).mask

@@ -404,12 +404,11 @@ def test_zoom_follows_the_model_and_the_checkbox_switches_it(make_napari_viewer,
 def test_edges_follow_the_model_and_the_checkbox_switches_them(make_napari_viewer, qtbot):
     """The shipped model's edge refiner runs a frame after the prompt, with the zoom step; unticking
     the box shows the decoder's own boundary, which on a star with sharp points is worse."""
+    from conftest import star_image
+
     from promptseg.evaluate import dice
 
-    rr, cc = np.mgrid[:256, :256]
-    angle = np.arctan2(rr - 128, cc - 128)
-    star = np.hypot(rr - 128, cc - 128) < 30 + 12 * np.cos(5 * angle)
-    img = np.clip(np.where(star, 170, 70) + np.random.default_rng(0).normal(0, 8, star.shape), 0, 255).astype(np.uint8)
+    img, star = star_image()
     viewer, w = _open(make_napari_viewer, qtbot, image=img)
     assert w._edges.value and w.session.edges and w.session.model.has_edges
     w.layers.points.add([[128, 128]])

@@ -136,7 +136,7 @@ def _largest_slice(gt: np.ndarray) -> int:
 
 
 def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: int = 20, spacing=None,
-             embeddings=None, **session_kwargs) -> dict:
+             embeddings=None, on_prompt=None, **session_kwargs) -> dict:
     """Run the annotator protocol on one object (see the module docstring).
 
     Parameters
@@ -147,6 +147,8 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
     start : "click", "box" or "squiggle".
     max_clicks : correction clicks after the start prompt.
     spacing : pixel size per spatial axis for HD95 / MASD (default 1).
+    on_prompt : called as ``on_prompt(session, mask)`` after each prompt, ``mask`` the bool (H, W) mask
+        of the prompted slice (the edge refiner's training records the protocol's masks this way).
 
     Returns
     -------
@@ -174,7 +176,10 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
         t = time.perf_counter()
         pred = fn(*args, **kw)
         times.append(1e3 * (time.perf_counter() - t))
-        return np.asarray(pred.mask[lead] if lead else pred.mask)
+        mask = np.asarray(pred.mask[lead] if lead else pred.mask)
+        if on_prompt is not None:
+            on_prompt(s, mask)
+        return mask
 
     if start == "click":
         mask = timed(s.add_point, lead + innermost(gt2))

@@ -56,38 +56,23 @@ def collect(model, pairs, max_clicks: int = 20, rng_offset: int = 0) -> list[dic
     box start in the crop or None, "steps": [(packed mask bits, (N, 3) float points (row, col, positive)
     in the crop)]}, one step per prompt.
     """
-    import promptseg as ps
-
-    from ..evaluate import _largest_slice, innermost, next_click, squiggle
+    from ..evaluate import _largest_slice, simulate
 
     out = []
     for i, (image, gt) in enumerate(pairs):
         start = ("click", "box", "squiggle")[(i + rng_offset) % 3]
-        s = ps.Session(model, image)
-        lead, gt2, im2 = ((), gt, image) if gt.ndim == 2 else (((z := _largest_slice(gt)),), gt[z], image[z])
+        k, gt2, im2 = (0, gt, image) if gt.ndim == 2 else ((z := _largest_slice(gt)), gt[z], image[z])
         rows, cols = np.flatnonzero(gt2.any(1)), np.flatnonzero(gt2.any(0))
         r0, r1 = max(0, rows[0] - BOX_MARGIN), min(gt2.shape[0], rows[-1] + 1 + BOX_MARGIN)
         c0, c1 = max(0, cols[0] - BOX_MARGIN), min(gt2.shape[1], cols[-1] + 1 + BOX_MARGIN)
-        pts = []
-        if start == "click":
-            p = innermost(gt2)
-            pts.append((*p, 1))
-            mask = s.add_point(lead + p).mask
-        elif start == "box":
-            mask = s.add_box(lead + (rows[0], cols[0]), lead + (rows[-1], cols[-1])).mask
-        else:
-            line = squiggle(gt2)
-            pts += [(*q, 1) for q in line]
-            mask = s.add_scribble([lead + tuple(q) for q in line]).mask
         steps = []
-        for n in range(max_clicks + 1):
-            m = np.asarray(mask[lead] if lead else mask)
-            steps.append((np.packbits(m[r0:r1, c0:c1]), np.array(pts, float).reshape(-1, 3) - (r0, c0, 0)))
-            click = next_click(gt2, m) if n < max_clicks else None
-            if click is None:
-                break
-            pts.append((*click[0], int(click[1])))
-            mask = s.add_point(lead + click[0], positive=click[1]).mask
+
+        def record(session, mask):  # (called within this iteration)
+            st = session._states[k]  # the slice's clicks and the vertices of its squiggles
+            pts = [(*p.rc, p.positive) for p in st.points] + [(*v, f) for line, f in st.scribbles for v in line]
+            steps.append((np.packbits(mask[r0:r1, c0:c1]), np.array(pts, float).reshape(-1, 3) - (r0, c0, 0)))
+
+        simulate(model, image, gt, start=start, max_clicks=max_clicks, on_prompt=record)
         box = (rows[0] - r0, cols[0] - c0, rows[-1] - r0, cols[-1] - c0) if start == "box" else None
         out.append({"image": im2[r0:r1, c0:c1], "gt": gt2[r0:r1, c0:c1], "box": box, "steps": steps})
     return out
