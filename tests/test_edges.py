@@ -76,6 +76,29 @@ def test_checkpoints_with_and_without_a_refiner_load(tmp_path):
         registry.unregister_model("test_edges")
 
 
+def test_a_grown_refiner_computes_what_the_smaller_one_did_and_loads_at_its_size(default_model, tmp_path):
+    """``train.edges.grow`` widens the shipped refiner and deepens it by a layer without changing its
+    output; a checkpoint holding the larger refiner loads with a refiner of that size."""
+    from promptseg.models.checkpoints import weights_dir
+    from promptseg.train.edges import grow
+
+    old = default_model.sam.edge_refiner
+    new = grow(old, 24, 48, 4)
+    assert (new.inp.out_channels, new.down.out_channels, len(new.mid)) == (24, 48, 4)
+    img = np.random.default_rng(2).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    x = edge_inputs(img, _disk((70, 90), (35, 45), 20), np.array([[35.0, 45.0], [10.0, 10.0]]), [True, False])
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old(x), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="cannot grow"):
+        grow(new, 16, 32, 3)
+    state = torch.load(weights_dir() / "promptseg_cnn_s.pt", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("edge_refiner.")}
+    state.update({f"edge_refiner.{k}": v for k, v in new.state_dict().items()})
+    torch.save(state, tmp_path / "grown.pt")
+    model = ps.load_model("default", checkpoint=tmp_path / "grown.pt", device="cpu")
+    assert (model.sam.edge_refiner.inp.out_channels, len(model.sam.edge_refiner.mid)) == (24, 4)
+
+
 def test_a_large_crop_is_refined_at_a_coarser_scale(small_sam, monkeypatch):
     """Past ``max_pixels`` the refiner sees the crop averaged down by an integer factor; the mask comes
     back at full size (here through an untrained refiner: the mask itself, to within the coarser grid)."""
@@ -179,6 +202,13 @@ def test_the_session_gives_the_refiner_its_crop_clicks_and_box(default_model, mo
     assert tuple(origin) == (max(0, r.min() - 24), max(0, c.min() - 24))
     assert np.array_equal(np.asarray(box) + np.tile(origin, 2), [80, 85, 175, 170])
     assert np.allclose(points + origin, [[128, 210]]) and list(positive) == [False]
+    # the state keeps the refiner's input (its training records it) beside the refined mask it shows
+    from promptseg._state import plane_mask, unpack
+
+    st = s._states[0]
+    assert st.unrefined is not None and np.array_equal(unpack(*st.unrefined), coarse[st.unrefined[1][0]:st.unrefined[1][1],
+                                                                                        st.unrefined[1][2]:st.unrefined[1][3]])
+    assert np.array_equal(plane_mask(st, img.shape), s.mask)
 
 
 def test_a_click_keeps_its_weight_when_a_large_crop_is_refined_coarser(default_model):

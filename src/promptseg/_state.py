@@ -21,6 +21,7 @@ class SliceState:
     bits: np.ndarray | None = None  # np.packbits of the mask inside ``extent``; None = empty
     extent: tuple | None = None  # (r0, r1, c0, c1) half-open bounds of the mask, None = empty
     zoom: object = None  # promptseg.zoom.ZoomView when the mask was predicted in a zoom window
+    unrefined: tuple | None = None  # (bits, extent) of the mask before the edge step redrew it, else None
 
     @property
     def empty(self) -> bool:

@@ -25,7 +25,8 @@ MAX_PIXELS = 128 * 128  # a larger crop is refined at a coarser scale (module do
 
 
 def refine(session, k: int, state, rc: np.ndarray, flags: np.ndarray):
-    """``state`` (a :class:`~promptseg._state.SliceState` of slice ``k``) with its mask redrawn.
+    """``state`` (a :class:`~promptseg._state.SliceState` of slice ``k``) with its mask redrawn; the
+    mask it was given is kept as its ``unrefined`` (bits, extent), the refiner's input (for training).
 
     rc : (N, 2) float (row, col) of the slice's point prompts (squiggle points included) in the plane;
     flags : (N,) bool, positive. An empty mask is returned unchanged (the refiner moves boundaries; it
@@ -46,4 +47,4 @@ def refine(session, k: int, state, rc: np.ndarray, flags: np.ndarray):
     box = None if state.box is None else (state.box.r0 - a, state.box.c0 - c, state.box.r1 - a, state.box.c1 - c)
     new = session.model.refine_edges(rgb, mask, points, np.asarray(flags, bool), box, max_pixels=MAX_PIXELS)
     bits, extent = pack_crop((new, (a, c)))
-    return replace(state, bits=bits, extent=extent)
+    return replace(state, bits=bits, extent=extent, unrefined=(state.bits, state.extent))

@@ -374,7 +374,7 @@ class Session:
             crop = self.model.mask(low[best], self.frame.input, self.frame.original, self.threshold)
         bits, extent = pack_crop(crop)
         full = replace(state, logits=low[best : best + 1].copy(), score=float(iou[best]), bits=bits, extent=extent,
-                       zoom=None)
+                       zoom=None, unrefined=None)
         if not self.zoom and not self.edges:
             return full
         previous = state.zoom.previous if isinstance(state.zoom, _zoom.Pending) else state.zoom

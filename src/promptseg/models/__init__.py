@@ -107,8 +107,11 @@ def load_model(
     path = resolve_checkpoint(spec, checkpoint, allow_download=allow_download)
     state = read_state_dict(path)
     sam = build_sam(spec.arch, image_size=spec.input_size, pixel_mean=spec.pixel_mean, pixel_std=spec.pixel_std, **spec.arch_kwargs)
-    if hasattr(sam, "edge_refiner") and not any(k.startswith("edge_refiner.") for k in state):
-        del sam.edge_refiner  # a checkpoint saved before its edge refiner was trained: it runs without one
+    if hasattr(sam, "edge_refiner"):
+        if any(k.startswith("edge_refiner.") for k in state):
+            sam.edge_refiner = type(sam.edge_refiner).sized_for(state)  # (refiners come in several sizes)
+        else:
+            del sam.edge_refiner  # a checkpoint saved before its edge refiner was trained: it runs without one
     own = sam.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

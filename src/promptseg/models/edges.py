@@ -56,21 +56,28 @@ def region_terms(image: torch.Tensor, mask: torch.Tensor, sizes=REGION_SIZES) ->
 class EdgeRefiner(nn.Module):
     """(B, 7, H, W) from :func:`edge_inputs` -> refined logits (B, 1, H, W), any H, W.
 
-    Two 3x3 layers at full resolution, three dilated residual layers (1, 2, 4) at half resolution, one
-    3x3 layer on both. The output is ``4 * mask`` plus a learned correction whose last layer starts at
-    zero, so an untrained refiner returns the mask it was given.
+    Two 3x3 layers of ``width`` channels at full resolution, ``depth`` dilated residual layers (dilation
+    1, 2, 4, ...) of ``inner`` channels at half resolution, one 3x3 layer on both. The output is
+    ``4 * mask`` plus a learned correction whose last layer starts at zero, so an untrained refiner
+    returns the mask it was given.
     """
 
-    def __init__(self, width: int = 16, inner: int = 32):
+    def __init__(self, width: int = 16, inner: int = 32, depth: int = 3):
         super().__init__()
         self.inp = nn.Conv2d(7 + len(REGION_SIZES), width, 3, 1, 1)
         self.inp2 = nn.Conv2d(width, width, 3, 1, 1)
         self.down = nn.Conv2d(width, inner, 3, 2, 1)
-        self.mid = nn.ModuleList([nn.Conv2d(inner, inner, 3, 1, d, dilation=d) for d in (1, 2, 4)])
+        self.mid = nn.ModuleList([nn.Conv2d(inner, inner, 3, 1, 2**i, dilation=2**i) for i in range(depth)])
         self.up = nn.Conv2d(width + inner, width, 3, 1, 1)
         self.out = nn.Conv2d(width, 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+
+    @classmethod
+    def sized_for(cls, state: dict, prefix: str = "edge_refiner.") -> "EdgeRefiner":
+        """An (untrained) refiner of the size of the weights ``state`` holds under ``prefix``."""
+        depth = len({k.split(".")[2] for k in state if k.startswith(prefix + "mid.")})
+        return cls(state[prefix + "inp.weight"].shape[0], state[prefix + "down.weight"].shape[0], depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sign = x[:, 3:4]

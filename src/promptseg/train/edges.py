@@ -13,7 +13,10 @@ added to the earlier rounds'.
 
 Config (TOML, one ``[edges]`` section): ``init`` (the trained model, a plain state dict), ``seed``,
 ``rounds``, ``generic`` / ``medical_2d`` / ``medical_3d`` (objects per round), ``steps``, ``batch_size``,
-``crop``, ``lr``, ``weight_decay``, ``warmup_steps``, ``threads``, ``checkpoint_every``; run with
+``crop``, ``lr``, ``weight_decay``, ``warmup_steps``, ``threads``, ``checkpoint_every``, the refiner's size
+``width`` / ``inner`` / ``depth`` (see :class:`~promptseg.models.edges.EdgeRefiner`; an ``init`` refiner
+that is smaller is grown to it by :func:`grow`, its output unchanged), and ``click_weight`` (the loss on
+a pixel counts ``1 + click_weight x`` its value in the click maps, so clicks are honoured); run with
 ``promptseg train --config CONFIG -o OUT`` (or ``python -m promptseg.train.trainer CONFIG OUT MINUTES``).
 """
 
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 
 DEFAULTS = {"init": "", "seed": 0, "rounds": 1, "generic": 300, "medical_2d": 240, "medical_3d": 30, "steps": 3000,
             "batch_size": 48, "crop": 64, "lr": 2e-3, "min_lr": 2e-5, "weight_decay": 1e-4, "warmup_steps": 100,
-            "threads": 2, "checkpoint_every": 250}
+            "threads": 2, "checkpoint_every": 250, "width": 16, "inner": 32, "depth": 3, "click_weight": 0.0}
 BOX_MARGIN = 40  # px kept around each object's box
 
 
@@ -54,8 +57,12 @@ def collect(model, pairs, max_clicks: int = 20, rng_offset: int = 0) -> list[dic
 
     Returns per object {"image": uint8 (h, w[, 3]) crop, "gt": bool (h, w), "box": (r0, c0, r1, c1) of a
     box start in the crop or None, "steps": [(packed mask bits, (N, 3) float points (row, col, positive)
-    in the crop)]}, one step per prompt.
+    in the crop)]}, one step per prompt. The mask of a step is the one the refiner was given (the
+    decoder's, after the zoom) when the model has a refiner, else the one shown.
     """
+    from dataclasses import replace
+
+    from .._state import plane_mask, points_of
     from ..evaluate import _largest_slice, simulate
 
     out = []
@@ -68,9 +75,12 @@ def collect(model, pairs, max_clicks: int = 20, rng_offset: int = 0) -> list[dic
         steps = []
 
         def record(session, mask):  # (called within this iteration)
-            st = session._states[k]  # the slice's clicks and the vertices of its squiggles
-            pts = [(*p.rc, p.positive) for p in st.points] + [(*v, f) for line, f in st.scribbles for v in line]
-            steps.append((np.packbits(mask[r0:r1, c0:c1]), np.array(pts, float).reshape(-1, 3) - (r0, c0, 0)))
+            st = session._states[k]  # the slice's clicks and its squiggles' points, as the Session gives them
+            rc, flags = points_of(st)
+            pts = np.concatenate([rc, flags[:, None]], axis=1)
+            if st.unrefined is not None:  # what the refiner was given, not what it made of it
+                mask = plane_mask(replace(st, bits=st.unrefined[0], extent=st.unrefined[1]), mask.shape)
+            steps.append((np.packbits(mask[r0:r1, c0:c1]), pts.reshape(-1, 3) - (r0, c0, 0)))
 
         simulate(model, image, gt, start=start, max_clicks=max_clicks, on_prompt=record)
         box = (rows[0] - r0, cols[0] - c0, rows[-1] - r0, cols[-1] - c0) if start == "box" else None
@@ -86,8 +96,39 @@ def _round_pairs(cfg: dict, r: int) -> list:
             + medical_set(cfg["medical_3d"], 3, seed=base + 500_000))
 
 
-def draw_crop(rng: np.random.Generator, rec: dict, size: int) -> tuple:
-    """One training crop: (input (7, s, s) float32, target (s, s) float32, weight (s, s) float32)."""
+def grow(old, width: int, inner: int, depth: int):
+    """A refiner of the given size that computes exactly what ``old`` (a smaller EdgeRefiner) computes.
+
+    ``old``'s weights fill the first channels; its channels read nothing from the new ones (zeros) and
+    the output layer reads nothing from them, so the new channels (randomly initialised) change the
+    output only once training has given them weight; added middle layers start at zero (identity).
+    """
+    from ..models.edges import EdgeRefiner
+
+    new = EdgeRefiner(width, inner, depth)
+    w0, i0, d0 = old.inp.out_channels, old.down.out_channels, len(old.mid)
+    if w0 > width or i0 > inner or d0 > depth:
+        raise ValueError(f"cannot grow a refiner of size {(w0, i0, d0)} to {(width, inner, depth)}")
+    up_in = list(range(w0)) + [width + j for j in range(i0)]  # the old `up` inputs' places: (a, b) concatenated
+    pairs = [(old.inp, new.inp, list(range(old.inp.in_channels))), (old.inp2, new.inp2, list(range(w0))),
+             (old.down, new.down, list(range(w0))), (old.up, new.up, up_in), (old.out, new.out, list(range(w0)))]
+    pairs += [(old.mid[j], new.mid[j], list(range(i0))) for j in range(d0)]
+    with torch.no_grad():
+        for layer in new.mid[d0:]:
+            layer.weight.zero_()
+            layer.bias.zero_()
+        for a, b, cols in pairs:
+            n = a.out_channels
+            b.weight[:n] = 0
+            b.weight[:n, cols] = a.weight
+            b.bias[:n] = a.bias
+        new.out.weight[:, w0:] = 0
+    return new
+
+
+def draw_crop(rng: np.random.Generator, rec: dict, size: int, click_weight: float = 0.0) -> tuple:
+    """One training crop: (input (7, s, s) float32, target (s, s) float32, weight (s, s) float32); the
+    weight is ``1 + click_weight x`` the larger click map."""
     from ..models.edges import edge_inputs
 
     bits, pts = rec["steps"][rng.integers(len(rec["steps"]))]
@@ -95,7 +136,7 @@ def draw_crop(rng: np.random.Generator, rec: dict, size: int) -> tuple:
     h, w = gt.shape
     m = np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
     x = edge_inputs(rec["image"], m, pts[:, :2], pts[:, 2] > 0, rec.get("box"))[0].numpy()
-    y, wt = gt.astype(np.float32), np.ones((h, w), np.float32)
+    y, wt = gt.astype(np.float32), 1 + click_weight * x[4:6].max(axis=0)
     ph, pw = max(0, size - h), max(0, size - w)
     if ph or pw:  # a crop smaller than the training crop: pad, outside the mask, with no weight
         x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
@@ -135,10 +176,14 @@ def train_edges(config_path, out_dir, resume: bool = True, max_minutes: float | 
     register_model(ModelSpec("edges_training", spec.arch, "edges.pt", input_size=spec.input_size,
                              arch_kwargs={**spec.arch_kwargs, "edges": True}, zoom=spec.zoom), overwrite=True)
     model = ps.load_model("edges_training", checkpoint=cfg["init"], device="cpu")
+    size = (cfg["width"], cfg["inner"], cfg["depth"])
     if not model.has_edges:  # the init model has no refiner yet: add an untrained one (it changes nothing)
         from ..models.edges import EdgeRefiner
 
-        model.sam.edge_refiner = EdgeRefiner()
+        model.sam.edge_refiner = EdgeRefiner(*size)
+    elif size != (model.sam.edge_refiner.inp.out_channels, model.sam.edge_refiner.down.out_channels,
+                  len(model.sam.edge_refiner.mid)):
+        model.sam.edge_refiner = grow(model.sam.edge_refiner, *size)
     net = model.sam.edge_refiner
     opt = torch.optim.AdamW(net.parameters(), cfg["lr"], weight_decay=cfg["weight_decay"])
     step = 0
@@ -180,7 +225,8 @@ def train_edges(config_path, out_dir, resume: bool = True, max_minutes: float | 
             cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]) * (1 + math.cos(math.pi * min(1.0, frac))))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = [draw_crop(rng, pool[rng.integers(len(pool))], cfg["crop"]) for _ in range(cfg["batch_size"])]
+        batch = [draw_crop(rng, pool[rng.integers(len(pool))], cfg["crop"], cfg["click_weight"])
+                 for _ in range(cfg["batch_size"])]
         x, y, wt = (torch.as_tensor(np.stack(v)) for v in zip(*batch))
         logits = net(x)[:, 0]
         loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * wt).sum() / wt.sum()
@@ -190,8 +236,9 @@ def train_edges(config_path, out_dir, resume: bool = True, max_minutes: float | 
         step += 1
         bar.update(1)
         with torch.no_grad():
-            before = float((((x[:, 3] > 0).float() != y).float() * wt).sum() / wt.sum())
-            after = float((((logits > 0).float() != y).float() * wt).sum() / wt.sum())
+            inside = (wt > 0).float()  # (the error rates count every pixel of the crops once)
+            before = float((((x[:, 3] > 0).float() != y).float() * inside).sum() / inside.sum())
+            after = float((((logits > 0).float() != y).float() * inside).sum() / inside.sum())
         log.write(json.dumps({"step": step, "lr": lr, "loss": float(loss.detach()), "error_in": before, "error_out": after,
                               "minutes": (time.monotonic() - t0) / 60}) + "\n")
         out_of_time = max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes

@@ -215,8 +215,9 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
     torch.set_num_threads(1)
     from ..models.registry import get_spec
     from .edges import is_edges_config
+    from .iou_head import is_iou_head_config
 
-    if is_edges_config(args.config):  # an edge refiner's config: the shipped model's architecture
+    if is_edges_config(args.config) or is_iou_head_config(args.config):  # a fine-tuning of the shipped model
         d = get_spec("default")
         m = {"arch": d.arch, "image_size": d.input_size, "arch_kwargs": d.arch_kwargs, "pixel_mean": d.pixel_mean,
              "pixel_std": d.pixel_std}

@@ -369,6 +369,6 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
 if __name__ == "__main__":  # python -m promptseg.train.trainer CONFIG OUT_DIR [MAX_MINUTES]
     import sys
 
-    from . import train as _dispatch  # an [edges] config trains the edge refiner
+    from . import train as _dispatch  # an [edges] or [iou_head] config trains that part alone
 
     _dispatch(sys.argv[1], sys.argv[2], max_minutes=float(sys.argv[3]) if len(sys.argv) > 3 else None)
