@@ -3,7 +3,9 @@
 Slices that carry prompts are *key slices*. From each key slice the object is carried slice by slice
 along the session's axis: the previous slice's low-resolution logits become the next slice's
 ``mask_input``, together with a positive squiggle along the previous mask's long axis through its
-innermost pixel (``promptseg.evaluate.squiggle``; models without a squiggle input get its points).
+innermost pixel (``promptseg.evaluate.squiggle``; models without a squiggle input get its points). Both
+are the decoder's own (before the edge step, :mod:`promptseg.edges`), and so are the masks the stop
+rules below compare.
 (With a single point at the innermost pixel the decoder shrank large flat objects towards the point
 from slice to slice; with a box around the previous mask it found *something* inside the box on every
 slice, so walks ran past the object's end.)
@@ -20,6 +22,8 @@ correction's ``mask_input``), and ``propagate(start=k)`` then redoes only the st
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ._state import EMPTY, SliceState, pack_crop, plane_mask
@@ -33,12 +37,20 @@ def _carry(mask: np.ndarray) -> tuple:
     return ((tuple(map(tuple, squiggle(mask))), True),)
 
 
+def _decoded(state: SliceState, plane: tuple[int, int]) -> np.ndarray:
+    """The decoder's own mask of a state (H, W) bool: before the edge step when there was one. A walk
+    carries it, as it carries the decoder's logits, so the refiner's changes do not compound."""
+    if state.unrefined is not None:
+        state = replace(state, bits=state.unrefined[0], extent=state.unrefined[1])
+    return plane_mask(state, plane)
+
+
 def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, min_area_ratio: float, min_score: float,
           tick) -> dict:
     """Carry slice ``start``'s state towards ``limit`` (inclusive); returns {slice: SliceState}."""
     plane = session._plane_shape()
     prev = session._states[start]
-    prev_mask = plane_mask(prev, plane)
+    prev_mask = _decoded(prev, plane)
     out = {}
     for j in range(start + step, limit + step, step):
         if j in stops:
@@ -47,7 +59,7 @@ def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, mi
         tick()
         if state.bits is None or state.score < min_score:
             break
-        mask = plane_mask(state, plane)
+        mask = _decoded(state, plane)
         overlap = (mask & prev_mask).sum() / max((mask | prev_mask).sum(), 1)
         if mask.sum() < min_area_ratio * prev_mask.sum() or overlap < stop_iou:
             break

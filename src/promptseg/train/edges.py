@@ -14,8 +14,9 @@ added to the earlier rounds'.
 Config (TOML, one ``[edges]`` section): ``init`` (the trained model, a plain state dict), ``seed``,
 ``rounds``, ``generic`` / ``medical_2d`` / ``medical_3d`` (objects per round), ``steps``, ``batch_size``,
 ``crop``, ``lr``, ``weight_decay``, ``warmup_steps``, ``threads``, ``checkpoint_every``, the refiner's size
-``width`` / ``inner`` / ``depth`` (see :class:`~promptseg.models.edges.EdgeRefiner`; an ``init`` refiner
-that is smaller is grown to it by :func:`grow`, its output unchanged), and ``click_weight`` (the loss on
+``width`` / ``inner`` / ``depth`` (see :class:`~promptseg.models.edges.EdgeRefiner`; 0 keeps the ``init``
+refiner's, or 16 / 32 / 3 for a new one; a smaller ``init`` refiner is grown to the size given by
+:func:`grow`, its output unchanged), and ``click_weight`` (the loss on
 a pixel counts ``1 + click_weight x`` its value in the click maps, so clicks are honoured); run with
 ``promptseg train --config CONFIG -o OUT`` (or ``python -m promptseg.train.trainer CONFIG OUT MINUTES``).
 """
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 DEFAULTS = {"init": "", "seed": 0, "rounds": 1, "generic": 300, "medical_2d": 240, "medical_3d": 30, "steps": 3000,
             "batch_size": 48, "crop": 64, "lr": 2e-3, "min_lr": 2e-5, "weight_decay": 1e-4, "warmup_steps": 100,
-            "threads": 2, "checkpoint_every": 250, "width": 16, "inner": 32, "depth": 3, "click_weight": 0.0}
+            "threads": 2, "checkpoint_every": 250, "width": 0, "inner": 0, "depth": 0, "click_weight": 0.0}
 BOX_MARGIN = 40  # px kept around each object's box
 
 
@@ -176,14 +177,15 @@ def train_edges(config_path, out_dir, resume: bool = True, max_minutes: float | 
     register_model(ModelSpec("edges_training", spec.arch, "edges.pt", input_size=spec.input_size,
                              arch_kwargs={**spec.arch_kwargs, "edges": True}, zoom=spec.zoom), overwrite=True)
     model = ps.load_model("edges_training", checkpoint=cfg["init"], device="cpu")
-    size = (cfg["width"], cfg["inner"], cfg["depth"])
-    if not model.has_edges:  # the init model has no refiner yet: add an untrained one (it changes nothing)
+    old = model.sam.edge_refiner if model.has_edges else None
+    now = (old.inp.out_channels, old.down.out_channels, len(old.mid)) if old is not None else (16, 32, 3)
+    size = tuple(cfg[k] or n for k, n in zip(("width", "inner", "depth"), now))
+    if old is None:  # the init model has no refiner yet: add an untrained one (it changes nothing)
         from ..models.edges import EdgeRefiner
 
         model.sam.edge_refiner = EdgeRefiner(*size)
-    elif size != (model.sam.edge_refiner.inp.out_channels, model.sam.edge_refiner.down.out_channels,
-                  len(model.sam.edge_refiner.mid)):
-        model.sam.edge_refiner = grow(model.sam.edge_refiner, *size)
+    elif size != now:
+        model.sam.edge_refiner = grow(old, *size)
     net = model.sam.edge_refiner
     opt = torch.optim.AdamW(net.parameters(), cfg["lr"], weight_decay=cfg["weight_decay"])
     step = 0
