@@ -144,6 +144,37 @@ def test_training_the_refiner_changes_only_the_refiner_and_resumes(tmp_path):
     assert model.has_edges and ps.Session(model, np.zeros((60, 60), np.uint8)).add_point((30, 30)).mask.shape == (60, 60)
 
 
+def test_propagation_records_hold_what_the_refiner_was_given_on_each_slice(default_model):
+    """``collect_propagation``: one record per propagated slice, each with the decoder's mask there (the
+    refiner's input, not its output) and the points of the squiggle carried from the slice before."""
+    from promptseg.evaluate import squiggle
+    from promptseg.prompts import scribble_to_points
+    from promptseg.train.edges import BOX_MARGIN, collect_propagation
+    from promptseg._state import decoded_mask
+
+    zz, rr, cc = np.mgrid[:9, :96, :96]
+    gt = ((zz - 4) / 4.5) ** 2 + ((rr - 48) / 22) ** 2 + ((cc - 50) / 16) ** 2 < 1
+    vol = np.clip(np.where(gt, 170, 60) + np.random.default_rng(0).normal(0, 10, gt.shape), 0, 255).astype(np.uint8)
+    recs = collect_propagation(default_model, [(vol, gt)])
+    s = ps.Session(default_model, vol)  # the same steps by hand
+    s.add_box((4, 27, 35), (4, 69, 65))
+    s.propagate()
+    walked = sorted(j for j in s._states if j != 4)
+    assert len(recs) == len(walked) >= 4
+    for rec, j in zip(recs, walked):
+        decoded = decoded_mask(s._states[j], (96, 96))
+        rows, cols = np.nonzero(decoded | gt[j])
+        r0, c0 = max(0, rows.min() - BOX_MARGIN), max(0, cols.min() - BOX_MARGIN)
+        r1, c1 = min(96, rows.max() + 1 + BOX_MARGIN), min(96, cols.max() + 1 + BOX_MARGIN)
+        bits, pts = rec["steps"][0]
+        mask = np.unpackbits(bits, count=(r1 - r0) * (c1 - c0)).reshape(r1 - r0, c1 - c0).astype(bool)
+        assert np.array_equal(rec["image"], vol[j, r0:r1, c0:c1]) and np.array_equal(rec["gt"], gt[j, r0:r1, c0:c1])
+        assert np.array_equal(mask, decoded[r0:r1, c0:c1])
+        before = decoded_mask(s._states[j - 1 if j > 4 else j + 1], (96, 96))
+        np.testing.assert_allclose(pts[:, :2] + (r0, c0), scribble_to_points(squiggle(before)))
+        assert (pts[:, 2] == 1).all()
+
+
 def test_the_shipped_refiner_sharpens_a_star_near_the_decoders_mask(default_model):
     """A five-pointed star: the decoder's 64 x 64 grid rounds its points, the refiner brings them back;
     it changes pixels only within its margin of the decoder's mask."""

@@ -99,6 +99,14 @@ def points_of(state: SliceState) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(rc, dtype=float).reshape(-1, 2), np.asarray(flags, dtype=bool)
 
 
+def decoded_mask(state: SliceState, plane: tuple[int, int]) -> np.ndarray:
+    """The decoder's own mask of a state as a full bool plane (H, W): the edge refiner's input when the
+    edge step redrew it (``unrefined``), else the state's mask."""
+    if state.unrefined is not None:
+        state = SliceState(bits=state.unrefined[0], extent=state.unrefined[1])
+    return plane_mask(state, plane)
+
+
 def insert_axis(box2: tuple, axis: int, item) -> tuple:
     parts = list(box2)
     parts.insert(axis, item)

@@ -22,11 +22,9 @@ correction's ``mask_input``), and ``propagate(start=k)`` then redoes only the st
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
-from ._state import EMPTY, SliceState, pack_crop, plane_mask
+from ._state import EMPTY, SliceState, decoded_mask, pack_crop, plane_mask
 from .errors import PromptError
 
 
@@ -37,20 +35,12 @@ def _carry(mask: np.ndarray) -> tuple:
     return ((tuple(map(tuple, squiggle(mask))), True),)
 
 
-def _decoded(state: SliceState, plane: tuple[int, int]) -> np.ndarray:
-    """The decoder's own mask of a state (H, W) bool: before the edge step when there was one. A walk
-    carries it, as it carries the decoder's logits, so the refiner's changes do not compound."""
-    if state.unrefined is not None:
-        state = replace(state, bits=state.unrefined[0], extent=state.unrefined[1])
-    return plane_mask(state, plane)
-
-
 def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, min_area_ratio: float, min_score: float,
           tick) -> dict:
     """Carry slice ``start``'s state towards ``limit`` (inclusive); returns {slice: SliceState}."""
     plane = session._plane_shape()
     prev = session._states[start]
-    prev_mask = _decoded(prev, plane)
+    prev_mask = decoded_mask(prev, plane)  # the decoder's, as its logits: the refiner's changes do not compound
     out = {}
     for j in range(start + step, limit + step, step):
         if j in stops:
@@ -59,7 +49,7 @@ def _walk(session, start: int, step: int, limit: int, stops, stop_iou: float, mi
         tick()
         if state.bits is None or state.score < min_score:
             break
-        mask = _decoded(state, plane)
+        mask = decoded_mask(state, plane)
         overlap = (mask & prev_mask).sum() / max((mask | prev_mask).sum(), 1)
         if mask.sum() < min_area_ratio * prev_mask.sum() or overlap < stop_iou:
             break

@@ -13,11 +13,12 @@ added to the earlier rounds'.
 
 Config (TOML, one ``[edges]`` section): ``init`` (the trained model, a plain state dict), ``seed``,
 ``rounds``, ``generic`` / ``medical_2d`` / ``medical_3d`` (objects per round), ``steps``, ``batch_size``,
-``crop``, ``lr``, ``weight_decay``, ``warmup_steps``, ``threads``, ``checkpoint_every``, the refiner's size
-``width`` / ``inner`` / ``depth`` (see :class:`~promptseg.models.edges.EdgeRefiner`; 0 keeps the ``init``
-refiner's, or 16 / 32 / 3 for a new one; a smaller ``init`` refiner is grown to the size given by
-:func:`grow`, its output unchanged), and ``click_weight`` (the loss on
-a pixel counts ``1 + click_weight x`` its value in the click maps, so clicks are honoured); run with
+``crop``, ``lr``, ``weight_decay``, ``warmup_steps``, ``threads``, ``checkpoint_every``; the refiner's
+size ``width`` / ``inner`` / ``depth`` (see :class:`~promptseg.models.edges.EdgeRefiner`; 0 keeps the
+``init`` refiner's, or 16 / 32 / 3 for a new one; a smaller ``init`` refiner is grown to the size given
+by :func:`grow`, its output unchanged); ``click_weight`` (the loss on a pixel counts ``1 + click_weight
+x`` its value in the click maps, so clicks are honoured); ``propagation`` (so many of the round's
+volumes are also recorded through ``Session.propagate()``, :func:`collect_propagation`). Run with
 ``promptseg train --config CONFIG -o OUT`` (or ``python -m promptseg.train.trainer CONFIG OUT MINUTES``).
 """
 
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 
 DEFAULTS = {"init": "", "seed": 0, "rounds": 1, "generic": 300, "medical_2d": 240, "medical_3d": 30, "steps": 3000,
             "batch_size": 48, "crop": 64, "lr": 2e-3, "min_lr": 2e-5, "weight_decay": 1e-4, "warmup_steps": 100,
-            "threads": 2, "checkpoint_every": 250, "width": 0, "inner": 0, "depth": 0, "click_weight": 0.0}
+            "threads": 2, "checkpoint_every": 250, "width": 0, "inner": 0, "depth": 0, "click_weight": 0.0,
+            "propagation": 0}
 BOX_MARGIN = 40  # px kept around each object's box
 
 
@@ -61,9 +63,7 @@ def collect(model, pairs, max_clicks: int = 20, rng_offset: int = 0) -> list[dic
     in the crop)]}, one step per prompt. The mask of a step is the one the refiner was given (the
     decoder's, after the zoom) when the model has a refiner, else the one shown.
     """
-    from dataclasses import replace
-
-    from .._state import plane_mask, points_of
+    from .._state import decoded_mask, points_of
     from ..evaluate import _largest_slice, simulate
 
     out = []
@@ -79,13 +79,48 @@ def collect(model, pairs, max_clicks: int = 20, rng_offset: int = 0) -> list[dic
             st = session._states[k]  # the slice's clicks and its squiggles' points, as the Session gives them
             rc, flags = points_of(st)
             pts = np.concatenate([rc, flags[:, None]], axis=1)
-            if st.unrefined is not None:  # what the refiner was given, not what it made of it
-                mask = plane_mask(replace(st, bits=st.unrefined[0], extent=st.unrefined[1]), mask.shape)
+            mask = decoded_mask(st, mask.shape)  # what the refiner was given, not what it made of it
             steps.append((np.packbits(mask[r0:r1, c0:c1]), pts.reshape(-1, 3) - (r0, c0, 0)))
 
         simulate(model, image, gt, start=start, max_clicks=max_clicks, on_prompt=record)
         box = (rows[0] - r0, cols[0] - c0, rows[-1] - r0, cols[-1] - c0) if start == "box" else None
         out.append({"image": im2[r0:r1, c0:c1], "gt": gt2[r0:r1, c0:c1], "box": box, "steps": steps})
+    return out
+
+
+def collect_propagation(model, pairs) -> list[dict]:
+    """Records of 3D propagation on (volume uint8 (Z, H, W), gt bool (Z, H, W)) pairs, as :func:`collect`'s.
+
+    A box on the object's largest slice, then ``Session.propagate()``; one record per propagated slice,
+    holding what the refiner was given there: the decoder's mask, and the points of the positive squiggle
+    that carried the object from the slice before (:mod:`promptseg.volume`).
+    """
+    from .._state import decoded_mask
+    from ..evaluate import _largest_slice, squiggle
+    from ..prompts import scribble_to_points
+    from ..session import Session
+
+    out = []
+    for image, gt in pairs:
+        z = _largest_slice(gt)
+        rows, cols = np.flatnonzero(gt[z].any(1)), np.flatnonzero(gt[z].any(0))
+        s = Session(model, image)
+        s.add_box((z, rows[0], cols[0]), (z, rows[-1], cols[-1]))
+        s.propagate()
+        plane = gt.shape[1:]
+        for j, st in sorted(s._states.items()):
+            if j == z or st.unrefined is None:
+                continue
+            mask = decoded_mask(st, plane)
+            before = decoded_mask(s._states[j - 1 if j > z else j + 1], plane)
+            pts = scribble_to_points(squiggle(before)) if before.any() else np.zeros((0, 2))
+            both = mask | gt[j]
+            rr, cc = np.flatnonzero(both.any(1)), np.flatnonzero(both.any(0))
+            r0, r1 = max(0, rr[0] - BOX_MARGIN), min(plane[0], rr[-1] + 1 + BOX_MARGIN)
+            c0, c1 = max(0, cc[0] - BOX_MARGIN), min(plane[1], cc[-1] + 1 + BOX_MARGIN)
+            pts = np.concatenate([pts - (r0, c0), np.ones((len(pts), 1))], axis=1)
+            out.append({"image": image[j, r0:r1, c0:c1], "gt": gt[j, r0:r1, c0:c1], "box": None,
+                        "steps": [(np.packbits(mask[r0:r1, c0:c1]), pts)]})
     return out
 
 
@@ -216,7 +251,10 @@ def train_edges(config_path, out_dir, resume: bool = True, max_minutes: float | 
                 data.append(pickle.loads(path.read_bytes()))
                 continue
             net.eval()
-            recs = collect(model, _round_pairs(cfg, q), rng_offset=q)
+            pairs = _round_pairs(cfg, q)
+            recs = collect(model, pairs, rng_offset=q)
+            if cfg["propagation"]:  # some of the round's volumes once more, through propagate()
+                recs += collect_propagation(model, [p for p in pairs if p[1].ndim == 3][: cfg["propagation"]])
             atomic_file(path, ".pkl", lambda tmp: Path(tmp).write_bytes(pickle.dumps(recs)))
             data.append(recs)
         pool = [rec for recs in data for rec in recs]

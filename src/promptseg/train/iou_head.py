@@ -4,12 +4,12 @@ A lone click is ambiguous (a nucleus or its cluster, a lesion or its organ), so 
 masks and the Session shows the one with the highest predicted IoU; the zoom step (:mod:`promptseg.zoom`)
 also compares predicted IoUs, a window's against the full view's. On version 14 and the held-out sets,
 the best of a first click's three full-view masks has a mean Dice 0.06 above the one picked (0.82
-against 0.76 pooled; 0.85 against 0.73 on the CT-/MRI-like volumes): the head, trained together with
-the masks, ranks them poorly.
+against 0.76 pooled; 0.85 against 0.73 on the CT-/MRI-like volumes).
 
 This trains the head alone (``mask_decoder.iou_prediction_head``, an MLP on the decoder's IoU token),
 everything else frozen: embeddings, caches and every one of the decoder's masks stay as they were; which
-mask is shown, and the zoom's choices, change.
+mask is shown, and the zoom's choices, change. On version 14 it closed little of the gap (the model
+card's "Tried for version 15"): the IoU token does not hold what tells the three masks apart.
 
 Data (:func:`collect`): prompts as the Session gives them, through the Session's preprocessing and the
 real decoder, on training draws of the held-out sets' generators (other seeds). Per object: a first
