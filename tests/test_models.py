@@ -376,3 +376,15 @@ def test_fingerprint_tracks_weights_and_normalisation(default_model, small_sam, 
     assert small.fingerprint not in (fp, other.fingerprint)
     renorm = PromptModel(again.sam, replace(again.spec, pixel_mean=(0.0, 0.0, 0.0)), again.device)
     assert renorm.fingerprint != fp
+
+
+def test_checkpoint_with_a_broken_edge_refiner_names_the_file(tmp_path, cache):
+    # a shipped-style checkpoint whose refiner lost a tensor (a bad hand edit, a partial save)
+    sam = build_sam(DEFAULT.arch, image_size=DEFAULT.input_size, **DEFAULT.arch_kwargs)
+    state = {k: v for k, v in sam.state_dict().items() if k != "edge_refiner.down.weight"}
+    path = tmp_path / "broken_refiner.pt"
+    torch.save(state, path)
+    with pytest.raises(ps.CheckpointError) as exc:
+        ps.load_model("default", checkpoint=path, device="cpu")
+    msg = str(exc.value)
+    assert str(path) in msg and "edge refiner" in msg

@@ -109,7 +109,10 @@ def load_model(
     sam = build_sam(spec.arch, image_size=spec.input_size, pixel_mean=spec.pixel_mean, pixel_std=spec.pixel_std, **spec.arch_kwargs)
     if hasattr(sam, "edge_refiner"):
         if any(k.startswith("edge_refiner.") for k in state):
-            sam.edge_refiner = type(sam.edge_refiner).sized_for(state)  # (refiners come in several sizes)
+            try:  # (refiners come in several sizes)
+                sam.edge_refiner = type(sam.edge_refiner).sized_for(state)
+            except (KeyError, IndexError, AttributeError) as err:
+                raise CheckpointError(f"{path}: its edge refiner is incomplete or malformed ({type(err).__name__}: {err})") from None
         else:
             del sam.edge_refiner  # a checkpoint saved before its edge refiner was trained: it runs without one
     own = sam.state_dict()
