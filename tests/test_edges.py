@@ -144,6 +144,26 @@ def test_training_the_refiner_changes_only_the_refiner_and_resumes(tmp_path):
     assert model.has_edges and ps.Session(model, np.zeros((60, 60), np.uint8)).add_point((30, 30)).mask.shape == (60, 60)
 
 
+def test_first_share_draws_crops_of_a_records_first_prompt():
+    """A record whose first mask is empty and whose 20 later ones are full: with ``first_share`` 1 every
+    crop shows the empty mask; with 0 nearly none does (1 in 21 on average)."""
+    from promptseg.train.edges import draw_crop
+
+    gt = np.zeros((80, 80), bool)
+    gt[20:60, 20:60] = True
+    pts = np.array([[40.0, 40.0, 1.0]])
+    empty, full = np.packbits(np.zeros(80 * 80, bool)), np.packbits(np.ones(80 * 80, bool))
+    rec = {"image": np.full((80, 80), 100, np.uint8), "gt": gt, "box": None, "steps": [(empty, pts)] + [(full, pts)] * 20}
+
+    def empty_share(first_share):
+        rng = np.random.default_rng(0)
+        crops = [draw_crop(rng, rec, 32, first_share=first_share)[0] for _ in range(60)]
+        return np.mean([(x[3] < 0).all() for x in crops])  # channel 3: the mask's sign
+
+    assert empty_share(1.0) == 1.0
+    assert empty_share(0.0) < 0.2
+
+
 def test_propagation_records_hold_what_the_refiner_was_given_on_each_slice(default_model):
     """``collect_propagation``: one record per propagated slice, each with the decoder's mask there (the
     refiner's input, not its output) and the points of the squiggle carried from the slice before."""

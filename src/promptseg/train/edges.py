@@ -13,12 +13,13 @@ added to the earlier rounds'.
 
 Config (TOML, one ``[edges]`` section): ``init`` (the trained model, a plain state dict), ``seed``,
 ``rounds``, ``generic`` / ``medical_2d`` / ``medical_3d`` (objects per round), ``steps``, ``batch_size``,
-``crop``, ``lr``, ``weight_decay``, ``warmup_steps``, ``threads``, ``checkpoint_every``; the refiner's
-size ``width`` / ``inner`` / ``depth`` (see :class:`~promptseg.models.edges.EdgeRefiner`; 0 keeps the
-``init`` refiner's, or 16 / 32 / 3 for a new one; a smaller ``init`` refiner is grown to the size given
-by :func:`grow`, its output unchanged); ``click_weight`` (the loss on a pixel counts ``1 + click_weight
-x`` its value in the click maps, so clicks are honoured); ``propagation`` (so many of the round's
-volumes are also recorded through ``Session.propagate()``, :func:`collect_propagation`). Run with
+``crop``, ``lr``, ``weight_decay``, ``warmup_steps``, ``threads``, ``checkpoint_every``; the refiner's size
+``width`` / ``inner`` / ``depth`` (see :class:`~promptseg.models.edges.EdgeRefiner`; 0 keeps the ``init``
+refiner's, or 16 / 32 / 3 for a new one; a smaller ``init`` refiner is grown to the size given by
+:func:`grow`, its output unchanged); ``click_weight`` (the loss on a pixel counts ``1 + click_weight x`` its
+value in the click maps, so clicks are honoured); ``first_share`` (that share of the crops comes from each
+record's first prompt, the mask a user meets first; 0: all prompts alike); ``propagation`` (so many of the
+round's volumes are also recorded through ``Session.propagate()``, :func:`collect_propagation`). Run with
 ``promptseg train --config CONFIG -o OUT`` (or ``python -m promptseg.train.trainer CONFIG OUT MINUTES``).
 """
 
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 DEFAULTS = {"init": "", "seed": 0, "rounds": 1, "generic": 300, "medical_2d": 240, "medical_3d": 30, "steps": 3000,
             "batch_size": 48, "crop": 64, "lr": 2e-3, "min_lr": 2e-5, "weight_decay": 1e-4, "warmup_steps": 100,
             "threads": 2, "checkpoint_every": 250, "width": 0, "inner": 0, "depth": 0, "click_weight": 0.0,
-            "propagation": 0}
+            "propagation": 0, "first_share": 0.0}
 BOX_MARGIN = 40  # px kept around each object's box
 
 
@@ -162,12 +163,15 @@ def grow(old, width: int, inner: int, depth: int):
     return new
 
 
-def draw_crop(rng: np.random.Generator, rec: dict, size: int, click_weight: float = 0.0) -> tuple:
+def draw_crop(rng: np.random.Generator, rec: dict, size: int, click_weight: float = 0.0,
+              first_share: float = 0.0) -> tuple:
     """One training crop: (input (7, s, s) float32, target (s, s) float32, weight (s, s) float32); the
-    weight is ``1 + click_weight x`` the larger click map."""
+    weight is ``1 + click_weight x`` the larger click map. With probability ``first_share`` the crop is
+    of the record's first prompt, else of any prompt."""
     from ..models.edges import edge_inputs
 
-    bits, pts = rec["steps"][rng.integers(len(rec["steps"]))]
+    first = first_share > 0 and rng.random() < first_share  # (no extra draw when 0: old runs reproduce)
+    bits, pts = rec["steps"][0 if first else rng.integers(len(rec["steps"]))]
     gt = rec["gt"]
     h, w = gt.shape
     m = np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
@@ -265,7 +269,7 @@ def train_edges(config_path, out_dir, resume: bool = True, max_minutes: float | 
             cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]) * (1 + math.cos(math.pi * min(1.0, frac))))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = [draw_crop(rng, pool[rng.integers(len(pool))], cfg["crop"], cfg["click_weight"])
+        batch = [draw_crop(rng, pool[rng.integers(len(pool))], cfg["crop"], cfg["click_weight"], cfg["first_share"])
                  for _ in range(cfg["batch_size"])]
         x, y, wt = (torch.as_tensor(np.stack(v)) for v in zip(*batch))
         logits = net(x)[:, 0]
