@@ -29,12 +29,13 @@ import json
 import math
 import pickle
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import read_section
 
 DEFAULTS = {"init": "", "seed": 0, "rounds": 1, "generic": 300, "medical_2d": 240, "medical_3d": 30, "steps": 3000,
             "batch_size": 48, "crop": 64, "lr": 2e-3, "min_lr": 2e-5, "weight_decay": 1e-4, "warmup_steps": 100,
@@ -43,17 +44,11 @@ DEFAULTS = {"init": "", "seed": 0, "rounds": 1, "generic": 300, "medical_2d": 24
 BOX_MARGIN = 40  # px kept around each object's box
 
 
-def is_edges_config(path) -> bool:
-    path = Path(path)
-    return path.suffix == ".toml" and "edges" in tomllib.loads(path.read_text())
-
-
-def load_edges_config(path) -> dict:
-    raw = tomllib.loads(Path(path).read_text()).get("edges", {})
-    unknown = set(raw) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)} in [edges]")
-    return {**DEFAULTS, **raw}
+def _with_margin(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(r0, r1, c0, c1), half-open: the box of a non-empty bool (H, W) mask plus BOX_MARGIN, within the plane."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return (max(0, rows[0] - BOX_MARGIN), min(mask.shape[0], rows[-1] + 1 + BOX_MARGIN),
+            max(0, cols[0] - BOX_MARGIN), min(mask.shape[1], cols[-1] + 1 + BOX_MARGIN))
 
 
 def collect(model, pairs, max_clicks: int = 20, rng_offset: int = 0) -> list[dict]:
@@ -72,8 +67,7 @@ def collect(model, pairs, max_clicks: int = 20, rng_offset: int = 0) -> list[dic
         start = ("click", "box", "squiggle")[(i + rng_offset) % 3]
         k, gt2, im2 = (0, gt, image) if gt.ndim == 2 else ((z := _largest_slice(gt)), gt[z], image[z])
         rows, cols = np.flatnonzero(gt2.any(1)), np.flatnonzero(gt2.any(0))
-        r0, r1 = max(0, rows[0] - BOX_MARGIN), min(gt2.shape[0], rows[-1] + 1 + BOX_MARGIN)
-        c0, c1 = max(0, cols[0] - BOX_MARGIN), min(gt2.shape[1], cols[-1] + 1 + BOX_MARGIN)
+        r0, r1, c0, c1 = _with_margin(gt2)
         steps = []
 
         def record(session, mask):  # (called within this iteration)
@@ -115,10 +109,7 @@ def collect_propagation(model, pairs) -> list[dict]:
             mask = decoded_mask(st, plane)
             before = decoded_mask(s._states[j - 1 if j > z else j + 1], plane)
             pts = scribble_to_points(squiggle(before)) if before.any() else np.zeros((0, 2))
-            both = mask | gt[j]
-            rr, cc = np.flatnonzero(both.any(1)), np.flatnonzero(both.any(0))
-            r0, r1 = max(0, rr[0] - BOX_MARGIN), min(plane[0], rr[-1] + 1 + BOX_MARGIN)
-            c0, c1 = max(0, cc[0] - BOX_MARGIN), min(plane[1], cc[-1] + 1 + BOX_MARGIN)
+            r0, r1, c0, c1 = _with_margin(mask | gt[j])
             pts = np.concatenate([pts - (r0, c0), np.ones((len(pts), 1))], axis=1)
             out.append({"image": image[j, r0:r1, c0:c1], "gt": gt[j, r0:r1, c0:c1], "box": None,
                         "steps": [(np.packbits(mask[r0:r1, c0:c1]), pts)]})
@@ -207,7 +198,7 @@ def train_edges(config_path, out_dir, resume: bool = True, max_minutes: float | 
     from ..io.writers import atomic_file
     from ..models.registry import ModelSpec, get_spec, register_model
 
-    cfg = load_edges_config(config_path)
+    cfg = read_section(config_path, "edges", DEFAULTS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg["threads"])

@@ -214,10 +214,9 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
     args = ap.parse_args()
     torch.set_num_threads(1)
     from ..models.registry import get_spec
-    from .edges import is_edges_config
-    from .iou_head import is_iou_head_config
+    from . import fine_tuning
 
-    if is_edges_config(args.config) or is_iou_head_config(args.config):  # a fine-tuning of the shipped model
+    if fine_tuning(args.config):  # a fine-tuning of the shipped model
         d = get_spec("default")
         m = {"arch": d.arch, "image_size": d.input_size, "arch_kwargs": d.arch_kwargs, "pixel_mean": d.pixel_mean,
              "pixel_std": d.pixel_std}

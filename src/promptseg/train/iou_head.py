@@ -34,30 +34,19 @@ from __future__ import annotations
 import json
 import pickle
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluate import iou
+from . import read_section
+
 DEFAULTS = {"init": "", "seed": 0, "generic": 1500, "medical_2d": 1000, "medical_3d": 150, "objects_per_image": 4,
             "steps": 20000, "batch_size": 256, "lr": 1e-3, "weight_decay": 1e-4, "rank_weight": 0.0,
             "temperature": 0.05, "threads": 2}
 MIN_AREA = 30  # px, as the held-out sets
-
-
-def is_iou_head_config(path) -> bool:
-    path = Path(path)
-    return path.suffix == ".toml" and "iou_head" in tomllib.loads(path.read_text())
-
-
-def load_iou_head_config(path) -> dict:
-    raw = tomllib.loads(Path(path).read_text()).get("iou_head", {})
-    unknown = set(raw) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)} in [iou_head]")
-    return {**DEFAULTS, **raw}
 
 
 class _TokenTap:
@@ -75,18 +64,14 @@ class _TokenTap:
         self._hook.remove()
 
 
-def _iou(hit, gt: np.ndarray, origin=(0, 0)) -> float:
-    """IoU of ``PromptModel.mask``'s (bool crop, (row, col)) or None, placed at ``origin`` in ``gt``'s
-    frame, against ``gt`` bool (H, W)."""
-    inter, area = 0, 0
+def _placed(hit, plane: tuple[int, int], origin=(0, 0)) -> np.ndarray:
+    """``PromptModel.mask``'s (bool crop, (row, col)) or None, placed at ``origin`` in a bool (H, W) plane."""
+    from .._state import SliceState, pack_crop, plane_mask
+
     if hit is not None:
-        crop, (r, c) = hit
-        r, c = r + origin[0], c + origin[1]
-        h, w = gt.shape
-        inter = int((crop[: max(0, h - r), : max(0, w - c)] & gt[r:r + crop.shape[0], c:c + crop.shape[1]]).sum())
-        area = int(crop.sum())
-    union = area + int(gt.sum()) - inter
-    return inter / union if union else 1.0
+        hit = (hit[0], (hit[1][0] + origin[0], hit[1][1] + origin[1]))
+    bits, extent = pack_crop(hit)
+    return plane_mask(SliceState(bits=bits, extent=extent), plane)
 
 
 def _record(model, tap, feats, frame, gt, rc, flags, box=None, prior=None, origin=(0, 0)) -> tuple:
@@ -99,7 +84,8 @@ def _record(model, tap, feats, frame, gt, rc, flags, box=None, prior=None, origi
     three, _ = model.decode(feats, xy, labels, bx, prior, True)
     one, _ = model.decode(feats, xy, labels, bx, prior, False)
     token = tap.value[0].float().cpu().numpy().copy()
-    ious = [_iou(model.mask(low, frame.input, frame.original, 0.0), gt, origin) for low in (one[0], *three)]
+    ious = [iou(_placed(model.mask(low, frame.input, frame.original, 0.0), gt.shape, origin), gt)
+            for low in (one[0], *three)]
     return token, np.asarray(ious, np.float32), one[:1]
 
 
@@ -114,11 +100,7 @@ def _object_records(model, tap, session, gt: np.ndarray, rng: np.random.Generato
     click = np.asarray(innermost(gt) if rng.random() < 0.5 else first_click(rng, gt), float)[None]
     token, ious, low = _record(model, tap, feats, frame, gt, click, [True])
     out = [(token, ious, True)]
-    seen = model.mask(low[0], frame.input, frame.original, 0.0)
-    mask = np.zeros(gt.shape, bool)
-    if seen is not None:
-        (r, c), crop = seen[1], seen[0]
-        mask[r:r + crop.shape[0], c:c + crop.shape[1]] = crop
+    mask = _placed(model.mask(low[0], frame.input, frame.original, 0.0), gt.shape)
     nxt = next_click(gt, mask)
     if nxt is not None:  # a correction click, the single mask fed back as the Session does after a click
         rc = np.concatenate([click, np.asarray(nxt[0], float)[None]])
@@ -215,7 +197,7 @@ def train_iou_head(config_path, out_dir, resume: bool = True, max_minutes: float
     from ..io.writers import atomic_file
     from ..models.registry import ModelSpec, get_spec, register_model
 
-    cfg = load_iou_head_config(config_path)
+    cfg = read_section(config_path, "iou_head", DEFAULTS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg["threads"])
