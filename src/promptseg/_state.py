@@ -146,3 +146,28 @@ def plane_mask(state: SliceState, plane: tuple[int, int]) -> np.ndarray:
         r0, r1, c0, c1 = state.extent
         out[r0:r1, c0:c1] = unpack(state.bits, state.extent)
     return out
+
+
+def paint(planes: np.ndarray, step: dict) -> tuple[tuple, slice]:
+    """Clear each slice's ``before`` mask and draw its ``after`` mask into ``planes``.
+
+    planes : bool (n_slices, H, W), a view of the session's mask buffer; step : {k: (before, after)}
+    SliceStates. Returns the in-plane (row slice, col slice) and the slice range that bound every
+    changed extent (empty slices when nothing changed).
+    """
+    rows, cols, ks = [], [], []
+    for k, (before, after) in step.items():
+        for ext in (before.extent, after.extent):
+            if ext is not None:
+                rows += ext[:2]
+                cols += ext[2:]
+                ks.append(k)
+        if before.extent is not None:
+            r0, r1, c0, c1 = before.extent
+            planes[k, r0:r1, c0:c1] = False
+        if after.bits is not None:
+            r0, r1, c0, c1 = after.extent
+            planes[k, r0:r1, c0:c1] = unpack(after.bits, after.extent)
+    if not rows:
+        return (slice(0, 0), slice(0, 0)), slice(0, 0)
+    return (slice(min(rows), max(rows)), slice(min(cols), max(cols))), slice(min(ks), max(ks) + 1)

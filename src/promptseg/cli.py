@@ -12,26 +12,21 @@ from pathlib import Path
 from .errors import PromptError, PromptsegError
 
 
-def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} {text!r} must be comma-separated numbers") from None
-    if len(vals) not in n:
-        raise argparse.ArgumentTypeError(f"{what} {text!r} needs {' or '.join(map(str, n))} numbers")
-    return vals
+def _numbers(what: str, *n: int):
+    """An argparse type: comma-separated numbers, as many as one of ``n``."""
+    def parse(text: str) -> list[float]:
+        try:
+            vals = [float(v) for v in text.replace(" ", "").split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} {text!r} must be comma-separated numbers") from None
+        if len(vals) not in n:
+            raise argparse.ArgumentTypeError(f"{what} {text!r} needs {' or '.join(map(str, n))} numbers")
+        return vals
+
+    return parse
 
 
-def _point(text):
-    return _numbers(text, (2, 3), "point")
-
-
-def _box(text):
-    return _numbers(text, (4, 6), "box")
-
-
-def _window(text):
-    return _numbers(text, (2,), "window")
+_point, _box, _window = _numbers("point", 2, 3), _numbers("box", 4, 6), _numbers("window", 2)
 
 
 def _load_image(spec: str):

@@ -17,7 +17,8 @@ import numpy as np
 from . import _objects, edges as _edges, zoom as _zoom
 from .embeddings import Embedder, EmbeddingStore, fill, open_store, store_settings
 from .errors import CacheError, ImageError, PromptError
-from ._state import EMPTY, SliceState, insert_axis, lazy_zeros, pack_crop, points_of, prompts_json, strokes_for, unpack
+from ._state import (EMPTY, SliceState, insert_axis, lazy_zeros, pack_crop, paint, points_of, prompts_json,
+                     strokes_for)
 from .tiled_decode import decode_tiles
 from .tiling import TiledEmbedder, make_embedder
 from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice
@@ -389,35 +390,15 @@ class Session:
 
     def _apply(self, step: dict, record: bool) -> Prediction:
         """Make each slice's state ``after`` (step: {k: (before, after)}); paint the masks; report."""
-        planes = self._planes(self._mask)
-        rows, cols, ks, score = [], [], [], 1.0
-        for k, (before, after) in step.items():
+        score = 1.0
+        for k, (_, after) in step.items():
             if after.empty:
                 self._states.pop(k, None)
             else:
                 self._states[k] = after
-            for ext in (before.extent, after.extent):
-                if ext is not None:
-                    rows += ext[:2]
-                    cols += ext[2:]
-                    ks.append(k)
-            if before.extent is not None:
-                r0, r1, c0, c1 = before.extent
-                planes[k, r0:r1, c0:c1] = False
-            if after.bits is not None:
-                r0, r1, c0, c1 = after.extent
-                planes[k, r0:r1, c0:c1] = unpack(after.bits, after.extent)
             score = after.score
+        box2, kslice = paint(self._planes(self._mask), step)
         if record and step:
             self._undo.append(step)
             self._redo.clear()
-        if rows:
-            box2 = (slice(min(rows), max(rows)), slice(min(cols), max(cols)))
-        else:
-            box2 = (slice(0, 0), slice(0, 0))
-        if self.ndim == 2:
-            bbox = box2
-        else:
-            kslice = slice(min(ks), max(ks) + 1) if ks else slice(0, 0)
-            bbox = insert_axis(box2, self.axis, kslice)
-        return Prediction(self.mask, score, bbox)
+        return Prediction(self.mask, score, box2 if self.ndim == 2 else insert_axis(box2, self.axis, kslice))
