@@ -238,21 +238,21 @@ def test_the_session_gives_the_refiner_its_crop_clicks_and_box(default_model, mo
     calls = []
     real = default_model.refine_edges
 
-    def spy(rgb, mask, points, positive, box, max_pixels):
-        calls.append((rgb, mask.copy(), points, positive, box))
-        return real(rgb, mask, points, positive, box, max_pixels=max_pixels)
+    def spy(rgb, mask, points, positive, box, max_pixels, honoured):
+        calls.append((rgb, mask.copy(), points, positive, box, honoured))
+        return real(rgb, mask, points, positive, box, max_pixels=max_pixels, honoured=honoured)
 
     monkeypatch.setattr(default_model, "refine_edges", spy)
     s = ps.Session(default_model, img, zoom=False)
     s.add_box((80, 85), (175, 170))
     s.add_point((128, 210), positive=False)
-    rgb, mask, points, positive, box = calls[-1]
+    rgb, mask, points, positive, box, honoured = calls[-1]
     assert rgb.shape == mask.shape + (3,) and rgb.dtype == np.uint8
     origin = np.argwhere(coarse).min(axis=0) - np.argwhere(mask).min(axis=0)
     r, c = np.nonzero(coarse)
     assert tuple(origin) == (max(0, r.min() - 24), max(0, c.min() - 24))
     assert np.array_equal(np.asarray(box) + np.tile(origin, 2), [80, 85, 175, 170])
-    assert np.allclose(points + origin, [[128, 210]]) and list(positive) == [False]
+    assert np.allclose(points + origin, [[128, 210]]) and list(positive) == [False] and list(honoured) == [True]
     # the state keeps the refiner's input (its training records it) beside the refined mask it shows
     from promptseg._state import plane_mask, unpack
 
@@ -260,6 +260,68 @@ def test_the_session_gives_the_refiner_its_crop_clicks_and_box(default_model, mo
     assert st.unrefined is not None and np.array_equal(unpack(*st.unrefined), coarse[st.unrefined[1][0]:st.unrefined[1][1],
                                                                                         st.unrefined[1][2]:st.unrefined[1][3]])
     assert np.array_equal(plane_mask(st, img.shape), s.mask)
+
+
+def _protocol_clicks(model, image, gt, n: int) -> list[bool]:
+    """For each of ``n`` correction clicks of the evaluate protocol: whether its pixel has its label."""
+    from promptseg.evaluate import innermost, next_click
+
+    s = ps.Session(model, image)
+    mask, honoured = s.add_point(innermost(gt)).mask.copy(), []
+    for _ in range(n):
+        (r, c), positive = next_click(gt, mask)
+        mask = s.add_point((r, c), positive).mask.copy()
+        honoured.append(bool(mask[int(r), int(c)]) == positive)
+    return honoured
+
+
+def test_every_correction_click_gets_its_label(default_model):
+    """A textured synthetic scene where the plain refiner leaves the last four of eight correction clicks
+    unanswered (so the protocol's next click lands on the same error); honouring gives each its label."""
+    from promptseg.train.synthetic import sample
+
+    image, labels = sample(np.random.default_rng([777, 12]), 128)
+    ids, counts = np.unique(labels, return_counts=True)
+    gt = labels == ids[(ids > 0) & (counts >= 60)][0]
+    try:
+        default_model.honour_clicks = False
+        assert not all(_protocol_clicks(default_model, image, gt, 8))
+    finally:
+        default_model.honour_clicks = True
+    assert all(_protocol_clicks(default_model, image, gt, 8))
+
+
+def test_honouring_leaves_a_crop_whose_clicks_agree_as_the_plain_pass_drew_it(default_model):
+    from promptseg.models.edges import honour
+
+    img, star = star_image()
+    x = edge_inputs(img[60:200, 60:200], star[60:200, 60:200], np.array([[68.0, 68.0], [5.0, 5.0]]), [True, False])
+    with torch.inference_mode():
+        plain = default_model.sam.edge_refiner(x)
+        assert plain[0, 0, 68, 68] > 0 and plain[0, 0, 5, 5] < 0
+        assert torch.equal(honour(default_model.sam.edge_refiner, x, np.array([[68, 68], [5, 5]]), np.array([True, False])), plain)
+
+
+def test_only_the_users_own_points_are_honoured(default_model, monkeypatch):
+    """A propagation walk carries the mask by a squiggle the Session draws: those points are its guess,
+    so the refiner sees them but is not made to honour them; the user's click is."""
+    zz, rr, cc = np.mgrid[:7, :80, :80]
+    gt = ((zz - 3) / 4) ** 2 + ((rr - 40) / 18) ** 2 + ((cc - 40) / 14) ** 2 < 1
+    vol = np.clip(np.where(gt, 170, 60) + np.random.default_rng(1).normal(0, 10, gt.shape), 0, 255).astype(np.uint8)
+    calls = []
+    real = default_model.refine_edges
+
+    def spy(rgb, mask, points, positive, box, max_pixels, honoured):
+        calls.append((len(points), np.asarray(honoured, bool).copy()))
+        return real(rgb, mask, points, positive, box, max_pixels=max_pixels, honoured=honoured)
+
+    monkeypatch.setattr(default_model, "refine_edges", spy)
+    s = ps.Session(default_model, vol)
+    s.add_point((3, 40, 40))
+    assert calls[-1][0] == 1 and calls[-1][1].all()
+    calls.clear()
+    s.propagate()
+    assert len(calls) >= 4 and all(n > 1 and not h.any() for n, h in calls)
 
 
 def test_a_click_keeps_its_weight_when_a_large_crop_is_refined_coarser(default_model):

@@ -24,13 +24,15 @@ from ._state import pack_crop, unpack
 MAX_PIXELS = 128 * 128  # a larger crop is refined at a coarser scale (module docstring)
 
 
-def refine(session, k: int, state, rc: np.ndarray, flags: np.ndarray):
+def refine(session, k: int, state, rc: np.ndarray, flags: np.ndarray, own: int | None = None):
     """``state`` (a :class:`~promptseg._state.SliceState` of slice ``k``) with its mask redrawn; the
     mask it was given is kept as its ``unrefined`` (bits, extent), the refiner's input (for training).
 
     rc : (N, 2) float (row, col) of the slice's point prompts (squiggle points included) in the plane;
-    flags : (N,) bool, positive. An empty mask is returned unchanged (the refiner moves boundaries; it
-    does not find objects).
+    flags : (N,) bool, positive. own : the first ``own`` points are the user's (None: all); the rest
+    carry a mask along a propagation walk. The user's are honoured: each clicked pixel gets its click's
+    label (``PromptModel.honour_clicks``). An empty mask is returned unchanged (the refiner moves
+    boundaries; it does not find objects).
     """
     from .models.edges import MARGIN
 
@@ -45,6 +47,8 @@ def refine(session, k: int, state, rc: np.ndarray, flags: np.ndarray):
     mask[r0 - a:r1 - a, c0 - c:c1 - c] = unpack(state.bits, state.extent)
     points = np.asarray(rc, float).reshape(-1, 2) - (a, c)
     box = None if state.box is None else (state.box.r0 - a, state.box.c0 - c, state.box.r1 - a, state.box.c1 - c)
-    new = session.model.refine_edges(rgb, mask, points, np.asarray(flags, bool), box, max_pixels=MAX_PIXELS)
+    honoured = np.arange(len(points)) < (len(points) if own is None else own)
+    new = session.model.refine_edges(rgb, mask, points, np.asarray(flags, bool), box, max_pixels=MAX_PIXELS,
+                                     honoured=honoured)
     bits, extent = pack_crop((new, (a, c)))
     return replace(state, bits=bits, extent=extent, unrefined=(state.bits, state.extent))

@@ -381,12 +381,14 @@ class Session:
         previous = state.zoom.previous if isinstance(state.zoom, _zoom.Pending) else state.zoom
         if self.defer_zoom and extra_points is None and extra_box is None and not extra_scribbles:
             return replace(full, zoom=_zoom.Pending(previous))
-        return self._finish(k, full, previous, rc, flags, b, scribbles)
+        own = len(points_of(state)[0]) if extra_points is not None or extra_scribbles else None
+        return self._finish(k, full, previous, rc, flags, b, scribbles, own)
 
-    def _finish(self, k: int, full: SliceState, previous, rc, flags, box, scribbles) -> SliceState:
-        """The steps after the full view's prediction: the zoom window, then the edge refiner."""
+    def _finish(self, k: int, full: SliceState, previous, rc, flags, box, scribbles, own=None) -> SliceState:
+        """The steps after the full view's prediction: the zoom window, then the edge refiner (which
+        honours the first ``own`` points, the user's; None: all)."""
         state = _zoom.refine(self, k, full, previous, rc, flags, box, scribbles) if self.zoom else full
-        return _edges.refine(self, k, state, rc, flags) if self.edges and self.model.has_edges else state
+        return _edges.refine(self, k, state, rc, flags, own) if self.edges and self.model.has_edges else state
 
     def _apply(self, step: dict, record: bool) -> Prediction:
         """Make each slice's state ``after`` (step: {k: (before, after)}); paint the masks; report."""

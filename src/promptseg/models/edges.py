@@ -4,8 +4,9 @@ The mask decoder paints on a grid of ``input_size / 4`` cells (64 on the shipped
 px image each logit cell is 4 px wide and, upsampled, the boundary is smooth but off by a pixel or two;
 clicks in such 1-2 px error slivers are ones the decoder cannot draw. :class:`EdgeRefiner` takes the
 predicted mask, the image and the clicks at full resolution and returns new logits there. It is local
-(each output pixel sees about 18 px around it), so it moves boundaries and honours clicks near them;
-where and what the object is stays the decoder's call. Models that have one (``PromptModel.has_edges``)
+(each output pixel sees about 34 px around it in the shipped model), so it moves boundaries and
+answers clicks near them; where and what the object is stays the decoder's call. A click it leaves on
+the wrong side is then honoured by :func:`honour`. Models that have one (``PromptModel.has_edges``)
 run it after every prompt through the Session (:mod:`promptseg.edges`); official SAM checkpoints have
 none.
 
@@ -80,6 +81,12 @@ class EdgeRefiner(nn.Module):
         return cls(state[prefix + "inp.weight"].shape[0], state[prefix + "down.weight"].shape[0], depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sign, a, b = self.features(x)
+        return self.top(sign, a, b)
+
+    def features(self, x: torch.Tensor):
+        """What :meth:`top` reads: the mask channel (B, 1, H, W), the full-resolution features (B, width,
+        H, W) and the half-resolution ones brought back to full resolution (B, inner, H, W)."""
         sign = x[:, 3:4]
         x = torch.cat([x, region_terms(x[:, :3], (sign > 0).float())], 1)
         a = F.gelu(self.inp(x))
@@ -87,8 +94,64 @@ class EdgeRefiner(nn.Module):
         b = F.gelu(self.down(a))
         for layer in self.mid:
             b = b + F.gelu(layer(b))
-        b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False)
+        return sign, a, F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False)
+
+    def top(self, sign: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mod=None) -> torch.Tensor:
+        """Logits (B, 1, H, W) from :meth:`features`; ``mod``: a scale and a shift per channel of ``a``
+        and of ``b``, ((width,), (width,), (inner,), (inner,)) (see :func:`honour`)."""
+        if mod is not None:
+            a = a * (1 + mod[0][:, None, None]) + mod[1][:, None, None]
+            b = b * (1 + mod[2][:, None, None]) + mod[3][:, None, None]
         return 4 * sign + self.out(F.gelu(self.up(torch.cat([a, b], 1))))
+
+
+def honour(refiner: EdgeRefiner, x: torch.Tensor, rc: np.ndarray, positive: np.ndarray, steps: int = 30,
+           lr: float = 0.05, decay: float = 1e-3, keep: float = 1.0, margin: float = 1.0,
+           window: int = 24) -> torch.Tensor:
+    """The refiner's logits (1, 1, H, W) for ``x``, made to give every clicked pixel its click's label.
+
+    When the plain pass labels a click's pixel wrong (the refiner, like the decoder, sometimes ignores a
+    click in a sliver it does not see as an edge), a scale and a shift per channel of the two feature
+    maps its last layers read (:meth:`EdgeRefiner.top`) are fitted, at most ``steps`` Adam steps of rate
+    ``lr``, until every click's logit is on its side by ``margin``; only those last layers run again.
+    As in feature backpropagating refinement (f-BRS), the network's weights stay fixed, so what flips
+    with a click is what the network sees as alike to it. The loss: softplus(1 - y * logit) at the
+    clicks, ``decay`` times the squared parameters, and ``keep`` times the summed squared change of the
+    probabilities / 100, so that the rest of the mask stays put. The fit runs on the clicks' box with
+    ``window`` px around it (0: the whole crop), the found scales and shifts then on the whole crop. No
+    click wrong: the plain pass, unchanged; a click not won within ``steps``: the last step's scales
+    and shifts are used all the same.
+
+    x : (1, 7, H, W) from :func:`edge_inputs`; rc : (N, 2) int (row, col) inside the crop; positive : (N,) bool.
+    """
+    with torch.inference_mode(False), torch.enable_grad():  # (the caller may be in inference mode)
+        sign, a, b = (t.detach() for t in refiner.features(x.clone()))
+        out = refiner.top(sign, a, b).detach()
+        r, c = torch.as_tensor(rc[:, 0]), torch.as_tensor(rc[:, 1])
+        y = torch.as_tensor(np.where(positive, 1.0, -1.0), dtype=out.dtype, device=out.device)
+        if bool((y * out[0, 0, r, c] > 0).all()):
+            return out
+        full = (sign, a, b)
+        if window:
+            r0, c0 = max(0, int(r.min()) - window), max(0, int(c.min()) - window)
+            r1, c1 = int(r.max()) + window + 1, int(c.max()) + window + 1
+            sign, a, b = (t[..., r0:r1, c0:c1] for t in full)
+            r, c = r - r0, c - c0
+        p0 = torch.sigmoid(refiner.top(sign, a, b)).detach()
+        mod = [torch.zeros(n, device=out.device, requires_grad=True) for n in (a.shape[1],) * 2 + (b.shape[1],) * 2]
+        opt = torch.optim.Adam(mod, lr=lr)
+        for _ in range(steps):
+            new = refiner.top(sign, a, b, mod)
+            v = new[0, 0, r, c]
+            if bool((y * v > margin).all()):
+                break
+            loss = (F.softplus(1.0 - y * v).mean() + decay * sum((m**2).sum() for m in mod)
+                    + keep * ((torch.sigmoid(new) - p0) ** 2).sum() / 100)
+            opt.zero_grad()
+            loss.backward(inputs=mod)
+            opt.step()
+        with torch.no_grad():
+            return refiner.top(*full, mod)
 
 
 def edge_inputs(rgb: np.ndarray, mask: np.ndarray, points_rc=None, positive=None, box=None) -> torch.Tensor:

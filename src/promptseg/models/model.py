@@ -58,6 +58,8 @@ class PromptModel:
         :meth:`threads_for_click`). None: one thread on the CPU when the embedding grid is at most 32x32,
         else torch's count. Loops that decode back to back (propagation, batches) may prefer
         ``torch.get_num_threads()``.
+    honour_clicks : whether :meth:`refine_edges` makes the refined mask give each of the user's clicks its
+        label where the plain pass does not (:func:`promptseg.models.edges.honour`).
     """
 
     sam: Sam
@@ -67,6 +69,7 @@ class PromptModel:
     precision: str = "float32"
     fast: bool = True
     click_threads: int | None = None
+    honour_clicks: bool = True
     _fingerprint: str | None = field(default=None, repr=False)
     _decoder: tuple | None = field(default=None, repr=False)
     _fused: bool = field(default=False, repr=False)
@@ -223,7 +226,7 @@ class PromptModel:
 
     @torch.inference_mode()
     def refine_edges(self, rgb: np.ndarray, mask: np.ndarray, points_rc=None, positive=None, box=None,
-                     max_pixels: int | None = None) -> np.ndarray:
+                     max_pixels: int | None = None, honoured=None) -> np.ndarray:
         """Redraw the boundary of ``mask`` at full resolution with the edge refiner (``has_edges``).
 
         rgb : uint8 (h, w, 3) crop of the preprocessed image; mask : bool (h, w), the predicted mask in it;
@@ -231,9 +234,12 @@ class PromptModel:
         box : (r0, c0, r1, c1) inclusive corners of the box prompt in the crop's frame, or None.
         max_pixels : a larger crop is averaged down by the smallest integer factor that fits, refined
             there, and its logits upsampled back (bilinear).
+        honoured : (N,) bool, the points that are the user's own clicks (or squiggle points): with
+            ``honour_clicks``, those the plain pass labels wrong are honoured (:func:`.edges.honour`).
+            None: none.
         Returns bool (h, w).
         """
-        from .edges import edge_inputs
+        from .edges import edge_inputs, honour
 
         with self.threads_for_click():
             x = edge_inputs(rgb, mask, points_rc, positive, box).to(self.device)
@@ -242,7 +248,13 @@ class PromptModel:
             if f > 1:  # the clicks' maps by their maximum, so that a click keeps its full weight
                 x = torch.cat([F.avg_pool2d(x[:, :4], f, ceil_mode=True), F.max_pool2d(x[:, 4:6], f, ceil_mode=True),
                                F.avg_pool2d(x[:, 6:], f, ceil_mode=True)], 1)
-            out = self.sam.edge_refiner(x)
+            rc = np.zeros((0, 2), int)
+            if self.honour_clicks and honoured is not None and np.any(honoured):
+                keep = np.asarray(honoured, bool)
+                rc = np.floor(np.asarray(points_rc, float).reshape(-1, 2)[keep] / f).astype(int)  # on the refined grid
+                inside = (rc >= 0).all(axis=1) & (rc[:, 0] < x.shape[2]) & (rc[:, 1] < x.shape[3])
+                rc, pos = rc[inside], np.asarray(positive, bool)[keep][inside]
+            out = honour(self.sam.edge_refiner, x, rc, pos) if len(rc) else self.sam.edge_refiner(x)
             if f > 1:
                 out = F.interpolate(out, scale_factor=f, mode="bilinear", align_corners=False)[..., :h, :w]
             return (out[0, 0] > 0).cpu().numpy()

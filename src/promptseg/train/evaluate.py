@@ -197,7 +197,7 @@ def _draw(im: np.ndarray, lab: np.ndarray, coins: list[dict], path: str) -> None
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [--zoom off] [--edges off] [--png P] [--json J]
+if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [--zoom off] [--edges off] [--honour off] [--png P] [--json J]
     import argparse
 
     import torch
@@ -209,6 +209,8 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
     ap.add_argument("config")
     ap.add_argument("--zoom", choices=["on", "off"], default="on", help="the Session's zoom windows (default on)")
     ap.add_argument("--edges", choices=["on", "off"], default="on", help="the Session's edge refiner, when the model has one")
+    ap.add_argument("--honour", choices=["on", "off"], default="on",
+                    help="the refiner honours every click (PromptModel.honour_clicks; default on)")
     ap.add_argument("--png", help="draw the coins' one-click and box masks here")
     ap.add_argument("--json", help="write the report here as well")
     args = ap.parse_args()
@@ -228,6 +230,7 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
                         pixel_std=tuple(m["pixel_std"]), zoom=args.zoom == "on")
     ps.register_model(spec, overwrite=True)
     model = ps.load_model("eval_trained", checkpoint=args.checkpoint, device="cpu")
+    model.honour_clicks = args.honour == "on"
     text = json.dumps(run(model, png=args.png, edges=args.edges == "on"), indent=1)
     if args.json:
         with open(args.json, "w") as f:
