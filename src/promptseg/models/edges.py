@@ -124,9 +124,9 @@ def honour(refiner: EdgeRefiner, x: torch.Tensor, rc: np.ndarray, positive: np.n
 
     x : (1, 7, H, W) from :func:`edge_inputs`; rc : (N, 2) int (row, col) inside the crop; positive : (N,) bool.
     """
-    with torch.inference_mode(False), torch.enable_grad():  # (the caller may be in inference mode)
-        sign, a, b = (t.detach() for t in refiner.features(x.clone()))
-        out = refiner.top(sign, a, b).detach()
+    with torch.inference_mode(False), torch.no_grad():  # (the caller may be in inference mode)
+        sign, a, b = refiner.features(x)
+        out = refiner.top(sign, a, b)
         r, c = torch.as_tensor(rc[:, 0]), torch.as_tensor(rc[:, 1])
         y = torch.as_tensor(np.where(positive, 1.0, -1.0), dtype=out.dtype, device=out.device)
         if bool((y * out[0, 0, r, c] > 0).all()):
@@ -137,21 +137,21 @@ def honour(refiner: EdgeRefiner, x: torch.Tensor, rc: np.ndarray, positive: np.n
             r1, c1 = int(r.max()) + window + 1, int(c.max()) + window + 1
             sign, a, b = (t[..., r0:r1, c0:c1] for t in full)
             r, c = r - r0, c - c0
-        p0 = torch.sigmoid(refiner.top(sign, a, b)).detach()
+        p0 = torch.sigmoid(refiner.top(sign, a, b))
         mod = [torch.zeros(n, device=out.device, requires_grad=True) for n in (a.shape[1],) * 2 + (b.shape[1],) * 2]
         opt = torch.optim.Adam(mod, lr=lr)
         for _ in range(steps):
-            new = refiner.top(sign, a, b, mod)
-            v = new[0, 0, r, c]
-            if bool((y * v > margin).all()):
-                break
-            loss = (F.softplus(1.0 - y * v).mean() + decay * sum((m**2).sum() for m in mod)
-                    + keep * ((torch.sigmoid(new) - p0) ** 2).sum() / 100)
-            opt.zero_grad()
-            loss.backward(inputs=mod)
+            with torch.enable_grad():
+                new = refiner.top(sign, a, b, mod)
+                v = new[0, 0, r, c]
+                if bool((y * v > margin).all()):
+                    break
+                loss = (F.softplus(1.0 - y * v).mean() + decay * sum((m**2).sum() for m in mod)
+                        + keep * ((torch.sigmoid(new) - p0) ** 2).sum() / 100)
+                opt.zero_grad()
+                loss.backward(inputs=mod)
             opt.step()
-        with torch.no_grad():
-            return refiner.top(*full, mod)
+        return refiner.top(*full, mod)
 
 
 def edge_inputs(rgb: np.ndarray, mask: np.ndarray, points_rc=None, positive=None, box=None) -> torch.Tensor:
