@@ -358,10 +358,12 @@ class Session:
         if self.tiled:
             return decode_tiles(self, state)
         scribbles = tuple(state.scribbles) + tuple(extra_scribbles)
-        rc, flags = points_of(replace(state, scribbles=scribbles))
-        if extra_points is not None:
-            rc = np.concatenate([rc, np.asarray(extra_points[0], float).reshape(-1, 2)])
-            flags = np.concatenate([flags, np.asarray(extra_points[1], bool)])
+        rc, flags = points_of(state)
+        own = len(rc)  # the user's points; those added below carry a mask along a walk (not honoured)
+        extras = [points_of(replace(EMPTY, scribbles=tuple(extra_scribbles)))] if extra_scribbles else []
+        for erc, eflags in extras + ([extra_points] if extra_points is not None else []):
+            rc = np.concatenate([rc, np.asarray(erc, float).reshape(-1, 2)])
+            flags = np.concatenate([flags, np.asarray(eflags, bool)])
         xy = self.frame.to_input_xy(rc) if len(rc) else None
         labels = flags.astype(int) if len(rc) else None
         b = state.box if state.box is not None else (Box(*extra_box) if extra_box is not None else None)
@@ -381,7 +383,6 @@ class Session:
         previous = state.zoom.previous if isinstance(state.zoom, _zoom.Pending) else state.zoom
         if self.defer_zoom and extra_points is None and extra_box is None and not extra_scribbles:
             return replace(full, zoom=_zoom.Pending(previous))
-        own = len(points_of(state)[0]) if extra_points is not None or extra_scribbles else None
         return self._finish(k, full, previous, rc, flags, b, scribbles, own)
 
     def _finish(self, k: int, full: SliceState, previous, rc, flags, box, scribbles, own=None) -> SliceState:
