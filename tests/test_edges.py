@@ -230,11 +230,11 @@ def test_a_deferred_prompt_shows_the_decoders_mask_then_the_refined_one(default_
 
 def test_the_session_gives_the_refiner_its_crop_clicks_and_box(default_model, monkeypatch):
     """The refiner sees the decoder's mask with 24 px around it, the slice's clicks and its box, all in
-    the crop's frame (found here from where the decoder's own mask lies in the plane and in the crop)."""
+    the crop's frame (found here from where the decoder's mask, kept in the state, lies in the plane
+    and in the crop)."""
+    from promptseg._state import decoded_mask, plane_mask
+
     img, _ = star_image()
-    plain = ps.Session(default_model, img, zoom=False, edges=False)
-    plain.add_box((80, 85), (175, 170))
-    coarse = plain.add_point((128, 210), positive=False).mask
     calls = []
     real = default_model.refine_edges
 
@@ -248,18 +248,18 @@ def test_the_session_gives_the_refiner_its_crop_clicks_and_box(default_model, mo
     s.add_point((128, 210), positive=False)
     rgb, mask, points, positive, box, honoured = calls[-1]
     assert rgb.shape == mask.shape + (3,) and rgb.dtype == np.uint8
+    st = s._states[0]
+    coarse = decoded_mask(st, img.shape)  # the state keeps the refiner's input (its training records it)
+    assert st.unrefined is not None and coarse.sum() == mask.sum()
     origin = np.argwhere(coarse).min(axis=0) - np.argwhere(mask).min(axis=0)
     r, c = np.nonzero(coarse)
     assert tuple(origin) == (max(0, r.min() - 24), max(0, c.min() - 24))
+    placed = np.zeros_like(coarse)
+    placed[origin[0]:origin[0] + mask.shape[0], origin[1]:origin[1] + mask.shape[1]] = mask
+    assert np.array_equal(placed, coarse)
     assert np.array_equal(np.asarray(box) + np.tile(origin, 2), [80, 85, 175, 170])
     assert np.allclose(points + origin, [[128, 210]]) and list(positive) == [False] and list(honoured) == [True]
-    # the state keeps the refiner's input (its training records it) beside the refined mask it shows
-    from promptseg._state import plane_mask, unpack
-
-    st = s._states[0]
-    assert st.unrefined is not None and np.array_equal(unpack(*st.unrefined), coarse[st.unrefined[1][0]:st.unrefined[1][1],
-                                                                                        st.unrefined[1][2]:st.unrefined[1][3]])
-    assert np.array_equal(plane_mask(st, img.shape), s.mask)
+    assert np.array_equal(plane_mask(st, img.shape), s.mask)  # ... beside the refined mask it shows
 
 
 def _protocol_clicks(model, image, gt, n: int) -> list[bool]:

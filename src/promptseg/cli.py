@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="simulate an annotator and report Dice, NoC, HD95",
                        description="Simulated-annotator protocol: a start prompt (click, box or squiggle) then correction "
-                                   "clicks at the centre of the larger error region, with the previous logits fed back. "
+                                   "clicks at the centre of the larger error region, with the previous prediction fed back. "
                                    "Reports Dice/IoU per click, NoC@85/90, HD95 and MASD (physical units), ms per prompt.")
     p.add_argument("images", nargs="+", help="image files or sample:NAME (samples with ground truth need no --labels)")
     p.add_argument("--labels", action="append", help="label file for each image, in order (repeatable)")

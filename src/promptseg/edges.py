@@ -4,8 +4,8 @@ After the decoder (and the zoom window, :mod:`promptseg.zoom`) a slice's mask is
 :data:`~promptseg.models.edges.MARGIN` pixels around it, from the image as the encoder sees it (the
 Session's intensity mapping, before resizing), and given to the model's
 :class:`~promptseg.models.edges.EdgeRefiner` with the slice's clicks, squiggle points and box; its output
-replaces the mask. The logits fed back to the decoder on the next prompt stay the decoder's own, so the
-refiner's changes do not compound from prompt to prompt.
+replaces the mask. The state keeps the decoder's own logits (propagation carries them from slice to
+slice); a person's next prompt starts from the refined mask shown (:mod:`promptseg.feedback`).
 
 Cost: the refiner runs at the image's pixels, so a crop of more than :data:`MAX_PIXELS` is averaged
 down by an integer factor to fit, refined there and its logits scaled back: a large object's boundary

@@ -7,7 +7,7 @@ Protocol (:func:`simulate`): a fresh :class:`promptseg.Session` gets a start pro
 object's innermost pixel (distance-transform maximum), its exact bounding box, or a squiggle along its
 long axis — and then up to ``max_clicks`` correction clicks. Each click goes to the innermost pixel of
 the larger error region: positive in a missed region, negative in a false one, sent with
-``Session.add_point`` so that the previous logits are fed back exactly as in interactive use. A 3D object
+``Session.add_point`` so that the previous prediction is fed back exactly as in interactive use. A 3D object
 is evaluated on the slice where it is largest (until propagation is part of the protocol).
 """
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import _objects, edges as _edges, zoom as _zoom
+from . import _objects, edges as _edges, feedback as _feedback, zoom as _zoom
 from .embeddings import Embedder, EmbeddingStore, fill, open_store, store_settings
 from .errors import CacheError, ImageError, PromptError
 from ._state import (EMPTY, SliceState, insert_axis, lazy_zeros, pack_crop, paint, points_of, prompts_json,
@@ -345,8 +345,10 @@ class Session:
         return self._feature_cache[k]
 
     def _update(self, k: int, state: SliceState) -> Prediction:
-        """Decode ``state``'s prompts on slice ``k`` (feeding back its logits) and record the step."""
-        return self._apply({k: (self._states.get(k, EMPTY), self._decode(k, state))}, record=True)
+        """Decode ``state``'s prompts on slice ``k`` (from the mask it shows) and record the step; a click
+        that undid itself becomes a local edit (:func:`promptseg.feedback.guard`)."""
+        before = self._states.get(k, EMPTY)
+        return self._apply({k: (before, _feedback.guard(self, before, self._decode(k, state)))}, record=True)
 
     def _decode(self, k: int, state: SliceState, extra_points=None, extra_box=None, extra_scribbles=()) -> SliceState:
         """Run the decoder for ``state`` on slice ``k``; returns the state with logits, score and mask.
@@ -357,6 +359,8 @@ class Session:
         """
         if self.tiled:
             return decode_tiles(self, state)
+        state = _feedback.shown(self, state)  # a refined mask is what the next prompt starts from (the
+        # fresh states of propagation's walk have none: it carries the decoder's own logits)
         scribbles = tuple(state.scribbles) + tuple(extra_scribbles)
         rc, flags = points_of(state)
         own = len(rc)  # the user's points; those added below carry a mask along a walk (not honoured)

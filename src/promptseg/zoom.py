@@ -5,7 +5,8 @@ default, whose input is 256 px), so an object a few cells wide cannot get an exa
 many clicks it gets. When the object is small next to the image, the Session cuts a square *window*
 around it (the object's box grown by :data:`EXPAND`, at least ``input_size * MIN_FRACTION`` pixels),
 embeds that window as an image of its own (kept in memory) and decodes the prompts that fall inside it,
-with the full view's mask as the first ``mask_input``; later clicks feed the window's own logits back.
+with the full view's mask as the first ``mask_input``; later clicks feed the window's own mask back
+(its logits, or the refined mask shown: :mod:`promptseg.feedback`).
 The full view still runs first on every prompt: it finds the object and so places the first window;
 after that the window follows the zoomed mask and the positive prompts, and moves only when they reach
 its margin (:func:`keeps`) or the zoomed mask runs into its edge, so a correction click reuses the
@@ -279,6 +280,7 @@ def refine_pending(session) -> dict:
     from dataclasses import replace
 
     from ._state import points_of
+    from .feedback import guard
 
     step = {}
     for k, st in session._states.items():
@@ -288,6 +290,7 @@ def refine_pending(session) -> dict:
     for k, (pending, done) in step.items():
         for rec in reversed(session._undo):
             if k in rec and rec[k][1] is pending:
-                rec[k] = (rec[k][0], done)
+                done = guard(session, rec[k][0], done)  # a click that undid itself (as Session._update)
+                step[k], rec[k] = (pending, done), (rec[k][0], done)
                 break
     return step
