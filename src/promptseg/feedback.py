@@ -97,7 +97,8 @@ def guard(session, before, after):
     if click is None or after.unrefined is None or before.bits is None:
         return after
     # both masks and the click lie in the union of the extents (grown to the click): work on that crop
-    r, c = int(round(click.rc[0])), int(round(click.rc[1]))
+    h, w = session._plane_shape()
+    r, c = min(max(int(round(click.rc[0])), 0), h - 1), min(max(int(round(click.rc[1])), 0), w - 1)
     boxes = [e for e in (before.extent, after.extent) if e is not None] + [(r, r + 1, c, c + 1)]
     r0, r1 = min(e[0] for e in boxes), max(e[1] for e in boxes)
     c0, c1 = min(e[2] for e in boxes), max(e[3] for e in boxes)
