@@ -139,6 +139,18 @@ def unpack(bits: np.ndarray, extent: tuple) -> np.ndarray:
     return np.unpackbits(bits, count=shape[0] * shape[1]).view(bool).reshape(shape)
 
 
+def crop_of(bits, extent, win: tuple) -> np.ndarray:
+    """A packed mask (``bits`` over ``extent``, see :func:`pack`) inside window ``win``: bool (h, w)."""
+    r0, r1, c0, c1 = win
+    out = np.zeros((r1 - r0, c1 - c0), bool)
+    if bits is not None:
+        m = unpack(bits, extent)
+        a, b, c, d = max(extent[0], r0), min(extent[1], r1), max(extent[2], c0), min(extent[3], c1)
+        if a < b and c < d:
+            out[a - r0:b - r0, c - c0:d - c0] = m[a - extent[0]:b - extent[0], c - extent[2]:d - extent[2]]
+    return out
+
+
 def plane_mask(state: SliceState, plane: tuple[int, int]) -> np.ndarray:
     """The state's mask as a full bool plane (H, W)."""
     out = np.zeros(plane, dtype=bool)

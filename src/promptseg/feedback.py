@@ -29,7 +29,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._state import pack, plane_mask, unpack
+from ._state import crop_of, pack, plane_mask
 from .preprocess import Frame
 from .prompts import Point
 
@@ -100,17 +100,10 @@ def guard(session, before, after):
     h, w = session._plane_shape()
     r, c = min(max(int(round(click.rc[0])), 0), h - 1), min(max(int(round(click.rc[1])), 0), w - 1)
     boxes = [e for e in (before.extent, after.extent) if e is not None] + [(r, r + 1, c, c + 1)]
-    r0, r1 = min(e[0] for e in boxes), max(e[1] for e in boxes)
-    c0, c1 = min(e[2] for e in boxes), max(e[3] for e in boxes)
-
-    def crop(state):
-        out = np.zeros((r1 - r0, c1 - c0), bool)
-        if state.bits is not None:
-            e = state.extent
-            out[e[0] - r0:e[1] - r0, e[2] - c0:e[3] - c0] = unpack(state.bits, e)
-        return out
-
-    edit = local_edit(crop(before), crop(after), (r - r0, c - c0), click.positive)
+    win = (min(e[0] for e in boxes), max(e[1] for e in boxes), min(e[2] for e in boxes), max(e[3] for e in boxes))
+    r0, c0 = win[0], win[2]
+    edit = local_edit(crop_of(before.bits, before.extent, win), crop_of(after.bits, after.extent, win),
+                      (r - r0, c - c0), click.positive)
     if edit is None:
         return after
     bits, extent = pack(edit, (r0, c0)) if edit.any() else (None, None)

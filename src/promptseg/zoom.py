@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._state import unpack
+from ._state import crop_of
 from .preprocess import Frame
 
 EXPAND = 1.6  # window side = EXPAND x the longest side of the object's box
@@ -153,27 +153,15 @@ def features(session, k: int, win: tuple):
     return cache[key]
 
 
-def _crop_of(bits, extent, win: tuple) -> np.ndarray:
-    """A packed mask (``bits`` over ``extent``, see ``_state.pack``) inside window ``win``: bool (h, w)."""
-    r0, r1, c0, c1 = win
-    out = np.zeros((r1 - r0, c1 - c0), bool)
-    if bits is not None:
-        m = unpack(bits, extent)
-        a, b, c, d = max(extent[0], r0), min(extent[1], r1), max(extent[2], c0), min(extent[3], c1)
-        if a < b and c < d:
-            out[a - r0:b - r0, c - c0:d - c0] = m[a - extent[0]:b - extent[0], c - extent[2]:d - extent[2]]
-    return out
-
-
 def _seed(full, previous: ZoomView | None, win: tuple, cell: int) -> np.ndarray:
     """The mask a new window starts from, bool (h, w) in the window: the full view's mask, but where an
     earlier window's (finer) mask lies within one full-view cell of it, that mask's boundary."""
-    new = _crop_of(full.bits, full.extent, win)
+    new = crop_of(full.bits, full.extent, win)
     if previous is None or previous.bits is None:
         return new
     from scipy import ndimage as ndi
 
-    old = _crop_of(previous.bits, previous.extent, win)
+    old = crop_of(previous.bits, previous.extent, win)
     near_new = ndi.distance_transform_edt(~new) <= cell if new.any() else np.zeros_like(new)
     near_old = ndi.distance_transform_edt(~old) <= cell if old.any() else np.zeros_like(old)
     return (old & near_new) | (new & ~near_old)
@@ -266,9 +254,9 @@ def refine(session, k: int, full, previous: ZoomView | None, rc: np.ndarray, fla
             return full
         if grown == win:
             break
-        win, prior, seed = grown, None, _crop_of(bits, extent, grown)
+        win, prior, seed = grown, None, crop_of(bits, extent, grown)
     if (previous is None or not previous.own) and float(iou[0]) < full.score:  # the full view stays, for now
-        fb = frame.mask_to_lowres(_crop_of(full.bits, full.extent, win), lowres)
+        fb = frame.mask_to_lowres(crop_of(full.bits, full.extent, win), lowres)
         return replace(full, zoom=ZoomView(win, fb, full.bits, full.extent, own=False))
     return replace(full, bits=bits, extent=extent, score=float(iou[0]),
                    zoom=ZoomView(win, low[0:1].copy(), bits, extent))
