@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import _objects, edges as _edges, feedback as _feedback, zoom as _zoom
+from . import _objects, edges as _edges, feedback as _feedback, wide as _wide, zoom as _zoom
 from .embeddings import Embedder, EmbeddingStore, fill, open_store, store_settings
 from .errors import CacheError, ImageError, PromptError
 from ._state import (EMPTY, SliceState, insert_axis, lazy_zeros, pack_crop, paint, points_of, prompts_json,
@@ -64,6 +64,10 @@ class Session:
     edges : redraw each mask's boundary with the model's edge refiner (:mod:`promptseg.edges`); default:
         on when the model has one (the shipped model does, SAM checkpoints do not). Not on tiled images.
 
+    With zoom on, a first click whose mask is a blob in a flat region is decoded again on the image
+    shrunk to half size (:mod:`promptseg.wide`); ``s.wide = False`` turns that off (it finds large flat
+    objects, and can take a faint small lesion's organ instead).
+
     A tiled image embeds only the tiles its prompts need. The mask and labels buffers are allocated
     lazily by the OS in small pages (``_state.lazy_zeros``): only annotated regions take memory.
     """
@@ -112,6 +116,7 @@ class Session:
         self.zoom = bool(model.spec.zoom if zoom is None else zoom) and not self.tiled
         self.edges = bool(model.has_edges if edges is None else edges) and model.has_edges and not self.tiled
         self.defer_zoom = False  # a viewer's choice: prompts skip the zoom and edge steps until refine()
+        self.wide = self.zoom  # a first click's flat blob looked at again on the shrunk image (promptseg.wide)
         self._zoom_cache: OrderedDict = OrderedDict()  # (slice, window) -> embedding, see promptseg.zoom
 
     # -- public prompting API ---------------------------------------------------------------
@@ -373,6 +378,9 @@ class Session:
         b = state.box if state.box is not None else (Box(*extra_box) if extra_box is not None else None)
         box = None if b is None else self.frame.box_to_input(b.r0, b.c0, b.r1, b.c1)
         multimask = len(rc) == 1 and not scribbles and box is None and state.logits is None
+        # positive clicks on a slice with nothing else yet (no mask, box or squiggle): promptseg.wide
+        first_clicks = bool(state.logits is None and box is None and not scribbles and 0 < own == len(rc)
+                            and flags.all())
         strokes = strokes_for(self.model, self.frame, scribbles)
         feats = self._features(k)
         with self.model.threads_for_click():  # (once for both calls)
@@ -386,13 +394,15 @@ class Session:
             return full
         previous = state.zoom.previous if isinstance(state.zoom, _zoom.Pending) else state.zoom
         if self.defer_zoom and extra_points is None and extra_box is None and not extra_scribbles:
-            return replace(full, zoom=_zoom.Pending(previous))
-        return self._finish(k, full, previous, rc, flags, b, scribbles, own)
+            return replace(full, zoom=_zoom.Pending(previous, first_clicks))
+        return self._finish(k, full, previous, rc, flags, b, scribbles, own, first_clicks)
 
-    def _finish(self, k: int, full: SliceState, previous, rc, flags, box, scribbles, own=None) -> SliceState:
-        """The steps after the full view's prediction: the zoom window, then the edge refiner (which
-        honours the first ``own`` points, the user's; None: all)."""
+    def _finish(self, k: int, full: SliceState, previous, rc, flags, box, scribbles, own=None,
+                first_clicks=False) -> SliceState:
+        """The steps after the full view's prediction: the zoom window (and the wide view, when the prompts
+        are ``first_clicks``), then the edge refiner (which honours the first ``own`` points; None: all)."""
         state = _zoom.refine(self, k, full, previous, rc, flags, box, scribbles) if self.zoom else full
+        state = _wide.look(self, k, state, rc) if self.zoom and self.wide and first_clicks else state
         return _edges.refine(self, k, state, rc, flags, own) if self.edges and self.model.has_edges else state
 
     def _apply(self, step: dict, record: bool) -> Prediction:

@@ -131,9 +131,11 @@ class ZoomView(NamedTuple):
 
 
 class Pending(NamedTuple):
-    """A slice whose zoom step was deferred (``Session.defer_zoom``); ``previous``: its last ZoomView."""
+    """A slice whose zoom step was deferred (``Session.defer_zoom``); ``previous``: its last ZoomView;
+    ``first_clicks``: the slice's prompts are positive clicks alone (:mod:`promptseg.wide`)."""
 
     previous: ZoomView | None
+    first_clicks: bool = False
 
 
 def features(session, k: int, win: tuple):
@@ -274,7 +276,9 @@ def refine_pending(session) -> dict:
     for k, st in session._states.items():
         if isinstance(st.zoom, Pending):
             rc, flags = points_of(st)
-            step[k] = (st, session._finish(k, replace(st, zoom=None), st.zoom.previous, rc, flags, st.box, st.scribbles))
+            done = session._finish(k, replace(st, zoom=None), st.zoom.previous, rc, flags, st.box, st.scribbles,
+                                   first_clicks=st.zoom.first_clicks)
+            step[k] = (st, done)
     for k, (pending, done) in step.items():
         for rec in reversed(session._undo):
             if k in rec and rec[k][1] is pending:
