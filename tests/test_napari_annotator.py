@@ -422,3 +422,19 @@ def test_edges_follow_the_model_and_the_checkbox_switches_them(make_napari_viewe
     plain = viewer.layers["current object"].data.astype(bool)
     assert np.array_equal(plain, w.session.mask)
     assert dice(refined, star) > dice(plain, star) + 0.01 and dice(refined, star) > 0.93
+
+
+def test_a_click_on_a_large_flat_object_shows_the_object(make_napari_viewer, qtbot):
+    """A click in the middle of a bright disk filling most of the image: the first frame shows the full
+    view's blob, the deferred step the disk found by the wide view (promptseg.wide)."""
+    from promptseg.evaluate import dice
+
+    rr, cc = np.mgrid[:256, :256]
+    disk = (rr - 128) ** 2 + (cc - 128) ** 2 < 100**2
+    img = np.clip(np.where(disk, 200, 40) + np.random.default_rng(0).normal(0, 8, disk.shape), 0, 255)
+    viewer, w = _open(make_napari_viewer, qtbot, image=img.astype(np.uint8))
+    w.layers.points.add([[128, 128]])
+    assert w.session.needs_refine and dice(viewer.layers["current object"].data.astype(bool), disk) < 0.3
+    qtbot.waitUntil(lambda: not w.session.needs_refine, timeout=5000)
+    shown = viewer.layers["current object"].data.astype(bool)
+    assert np.array_equal(shown, w.session.mask) and dice(shown, disk) > 0.9

@@ -116,7 +116,7 @@ class Session:
         self.zoom = bool(model.spec.zoom if zoom is None else zoom) and not self.tiled
         self.edges = bool(model.has_edges if edges is None else edges) and model.has_edges and not self.tiled
         self.defer_zoom = False  # a viewer's choice: prompts skip the zoom and edge steps until refine()
-        self.wide = self.zoom  # a first click's flat blob looked at again on the shrunk image (promptseg.wide)
+        self.wide = True  # with zoom on: a first click's flat blob decoded again on the shrunk image (promptseg.wide)
         self._zoom_cache: OrderedDict = OrderedDict()  # (slice, window) -> embedding, see promptseg.zoom
 
     # -- public prompting API ---------------------------------------------------------------
