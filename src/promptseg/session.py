@@ -377,10 +377,9 @@ class Session:
         labels = flags.astype(int) if len(rc) else None
         b = state.box if state.box is not None else (Box(*extra_box) if extra_box is not None else None)
         box = None if b is None else self.frame.box_to_input(b.r0, b.c0, b.r1, b.c1)
-        multimask = len(rc) == 1 and not scribbles and box is None and state.logits is None
-        # positive clicks on a slice with nothing else yet (no mask, box or squiggle): promptseg.wide
-        first_clicks = bool(state.logits is None and box is None and not scribbles and 0 < own == len(rc)
-                            and flags.all())
+        points_only = not scribbles and box is None and state.logits is None  # (no mask, box or squiggle)
+        multimask = points_only and len(rc) == 1
+        first_clicks = bool(points_only and 0 < own == len(rc) and flags.all())  # the user's, positive: wide
         strokes = strokes_for(self.model, self.frame, scribbles)
         feats = self._features(k)
         with self.model.threads_for_click():  # (once for both calls)

@@ -28,8 +28,9 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from ._state import pack_crop, unpack
+from ._state import crop_of, pack_crop, unpack
 from .preprocess import Frame
+from .zoom import cached
 
 RING = 3  # pixels of the plane on each side of an outline that its contrast compares
 FLAT = 0.25  # an outline whose contrast is below this runs through a flat region
@@ -88,8 +89,8 @@ def _measure(session, k: int, bits, extent, gap: int = 0) -> tuple[float, float]
 
 def _features(session, k: int, frame: Frame, offset: tuple[int, int]):
     """(1, C, g, g) embedding of slice ``k``'s wide view (kept in the Session's zoom cache)."""
-    cache, key = session._zoom_cache, (k, "wide")
-    if key not in cache:
+
+    def make():
         emb = session.embedder
         rgb = emb.intensity.apply(emb.raw_slice(k))
         (hh, ww), (sr, sc) = frame.input, frame.scale_rc
@@ -97,11 +98,9 @@ def _features(session, k: int, frame: Frame, offset: tuple[int, int]):
         sh, sw = max(1, int(round(rgb.shape[0] * sr))), max(1, int(round(rgb.shape[1] * sc)))
         small = np.array(Image.fromarray(rgb).resize((sw, sh), Image.BILINEAR))  # shrink first: cheap
         canvas = np.pad(small, ((top, max(0, hh - top - sh)), (left, max(0, ww - left - sw)), (0, 0)), mode="edge")
-        cache[key] = session.model.encode([canvas[:hh, :ww]])
-        while len(cache) > 8:
-            cache.popitem(last=False)
-    cache.move_to_end(key)
-    return cache[key]
+        return session.model.encode([canvas[:hh, :ww]])
+
+    return cached(session, (k, "wide"), make)
 
 
 def decode(session, k: int, rc: np.ndarray) -> tuple[tuple, float]:
@@ -138,22 +137,21 @@ def look(session, k: int, state, rc: np.ndarray):
     # they are measured that far inside and outside them (the edge step redraws them next); the first
     # mask's view is the zoom window when it won there. NaN (a mask too thin to measure) is kept.
     low, z = session.model.lowres_size, state.zoom
-    cell = max(session._plane_shape()) / low  # a full-view logit cell, in pixels
-    own = max(z.window[1] - z.window[0], z.window[3] - z.window[2]) / low if z is not None and z.own else cell
-    contrast, spread = _measure(session, k, state.bits, state.extent, int(np.ceil(own / 2)))
+    h, w = session._plane_shape()
+    cell = max(h, w) / low  # a full-view logit cell, in pixels
+    drawn = max(z.window[1] - z.window[0], z.window[3] - z.window[2]) / low if z is not None and z.own else cell
+    contrast, spread = _measure(session, k, state.bits, state.extent, int(np.ceil(drawn / 2)))
     if not contrast < FLAT:
         return state
     (bits, extent), score = decode(session, k, rc)
     if bits is None:
         return state
+    plane = crop_of(bits, extent, (0, h, 0, w))
     r, c = np.floor(np.asarray(rc, float).reshape(-1, 2)).astype(int).T
-    held = all(extent[0] <= i < extent[1] and extent[2] <= j < extent[3] for i, j in zip(r, c)) and \
-        unpack(bits, extent)[r - extent[0], c - extent[2]].all()
+    held = plane[np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)].all()
     wide_contrast, wide_spread = _measure(session, k, bits, extent, int(np.ceil(SHRINK * cell / 2)))
     # the flat region the blob lies in is what the wide view should find: as uniform as the blob inside
     if not held or not wide_contrast >= CLEAR or not wide_spread <= ALIKE * spread:
         return state
-    plane = np.zeros(session._plane_shape(), bool)
-    plane[extent[0]:extent[1], extent[2]:extent[3]] = unpack(bits, extent)
-    logits = session.frame.mask_to_lowres(plane, session.model.lowres_size)
-    return replace(state, bits=bits, extent=extent, score=score, logits=logits, zoom=None)
+    return replace(state, bits=bits, extent=extent, score=score, logits=session.frame.mask_to_lowres(plane, low),
+                   zoom=None)

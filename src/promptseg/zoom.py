@@ -138,21 +138,29 @@ class Pending(NamedTuple):
     first_clicks: bool = False
 
 
+def cached(session, key, make):
+    """The embedding under ``key`` in the session's small memory cache of extra views (zoom windows, the
+    wide view of :mod:`promptseg.wide`), made by ``make()`` when missing; the 8 most recent are kept."""
+    cache = session._zoom_cache
+    if key not in cache:
+        cache[key] = make()
+        while len(cache) > 8:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
+
+
 def features(session, k: int, win: tuple):
     """(1, C, g, g) embedding of window ``win`` of slice ``k``, kept in the session's small memory cache."""
-    cache = session._zoom_cache
-    key = (k, win)
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    emb = session.embedder
-    r0, r1, c0, c1 = win
-    rgb = emb.intensity.apply(emb.raw_slice(k)[r0:r1, c0:c1])
-    frame = Frame.for_shape((r1 - r0, c1 - c0), session.model.input_size, session.model.spec.resize)
-    cache[key] = session.model.encode([frame.resize(rgb)])
-    while len(cache) > 8:
-        cache.popitem(last=False)
-    return cache[key]
+
+    def make():
+        emb = session.embedder
+        r0, r1, c0, c1 = win
+        rgb = emb.intensity.apply(emb.raw_slice(k)[r0:r1, c0:c1])
+        frame = Frame.for_shape((r1 - r0, c1 - c0), session.model.input_size, session.model.spec.resize)
+        return session.model.encode([frame.resize(rgb)])
+
+    return cached(session, (k, win), make)
 
 
 def _seed(full, previous: ZoomView | None, win: tuple, cell: int) -> np.ndarray:
