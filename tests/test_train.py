@@ -152,6 +152,26 @@ def test_fine_tuning_only_the_stroke_encoder_leaves_the_rest_untouched(tmp_path)
     assert any(tuned[k].abs().sum() > 0 for k in last)  # the zero-initialised output layer learned
 
 
+def test_fine_tuning_the_decoder_of_a_model_with_an_edge_refiner_keeps_the_refiner_and_encoder(tmp_path):
+    """The shipped model carries an edge refiner, which this loop does not build: a fine-tuning of its
+    decoder starts from it, writes the refiner's entries unchanged into every checkpoint (resumed too)
+    and leaves a frozen encoder exactly as it was."""
+    cfg_path = tmp_path / "tiny.toml"
+    cfg_path.write_text(TINY)
+    m = load_config(cfg_path)["model"]
+    base = build_sam(m["arch"], image_size=m["image_size"], **{**m["arch_kwargs"], "edges": True}).state_dict()
+    torch.save(base, tmp_path / "shipped.pt")
+    tuned_cfg = (TINY.replace('image_size = 64\n', f'image_size = 64\ninit = "{(tmp_path / "shipped.pt").as_posix()}"\n')
+                 .replace("threads = 2", 'threads = 2\ntrainable = ["mask_decoder", "prompt_encoder"]\nlr = 0.01'))
+    cfg_path.write_text(tuned_cfg.replace("steps = 3", "steps = 2"))
+    train(cfg_path, tmp_path / "tuned")
+    cfg_path.write_text(tuned_cfg)
+    tuned = torch.load(train(cfg_path, tmp_path / "tuned", resume=True), weights_only=True)  # resumed at step 2
+    assert set(tuned) == set(base)
+    assert all(torch.equal(tuned[k], base[k]) for k in base if k.startswith(("edge_refiner.", "image_encoder.")))
+    assert any(not torch.equal(tuned[k], base[k]) for k in base if k.startswith("mask_decoder."))
+
+
 def test_squiggle_paths_stay_inside(blob):
     rng = np.random.default_rng(4)
     for _ in range(20):

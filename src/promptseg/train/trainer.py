@@ -245,9 +245,19 @@ def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Genera
     return total, ious, len(eps)
 
 
-def _save(sam, opt, step: int, out: Path) -> None:
-    """Plain state dict (weights_only-readable) + optimiser state, written atomically."""
+def _carry(sam, state: dict) -> tuple[dict, dict]:
+    """Split a checkpoint's ``state`` into the entries for ``sam`` and those of an edge refiner that
+    ``sam`` lacks (this loop does not train one): the latter go into every checkpoint unchanged, so a
+    fine-tuning of the shipped model's decoder keeps its refiner."""
+    own = sam.state_dict()
+    carried = {k: v for k, v in state.items() if k.startswith("edge_refiner.") and k not in own}
+    return {k: v for k, v in state.items() if k not in carried}, carried
+
+
+def _save(sam, opt, step: int, out: Path, carried: dict | None = None) -> None:
+    """Plain state dict (weights_only-readable; with ``carried`` entries) + optimiser state, written atomically."""
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in sam.state_dict().items()}
+    state.update(carried or {})
     tmp = out / "model_last.pt.tmp"
     torch.save(state, tmp)
     tmp.replace(out / "model_last.pt")
@@ -284,8 +294,9 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
 
     dev = resolve_device(t["device"])  # "auto": a GPU when there is one
     sam = build_model(cfg).train()
+    carried = {}
     if cfg["model"]["init"]:  # fine-tuning: start from trained weights; new modules keep their initialisation
-        state = torch.load(cfg["model"]["init"], map_location="cpu", weights_only=True)
+        state, carried = _carry(sam, torch.load(cfg["model"]["init"], map_location="cpu", weights_only=True))
         missing, unexpected = sam.load_state_dict(state, strict=False)
         if unexpected or any(not any(k.startswith(p) for p in t["trainable"]) for k in missing):
             raise ValueError(f"{cfg['model']['init']} does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -298,7 +309,8 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
     opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
     start = 0
     if resume and (out / "model_last.pt").is_file() and (out / "train_state.pt").is_file():
-        sam.load_state_dict(torch.load(out / "model_last.pt", map_location=dev, weights_only=True))
+        state, carried = _carry(sam, torch.load(out / "model_last.pt", map_location="cpu", weights_only=True))
+        sam.load_state_dict(state)
         state = torch.load(out / "train_state.pt", map_location=dev, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
@@ -356,13 +368,13 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
             running = {}
         out_of_time = max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes
         if done % t["checkpoint_every"] == 0 or done == t["steps"] or out_of_time:
-            _save(sam, opt, done, out)
+            _save(sam, opt, done, out, carried)
         if out_of_time:
             break
     bar.close()
     log.close()
     if start >= t["steps"] and not (out / "model_last.pt").is_file():
-        _save(sam, opt, start, out)
+        _save(sam, opt, start, out, carried)
     return out / "model_last.pt"
 
 
