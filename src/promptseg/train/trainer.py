@@ -309,8 +309,9 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
     opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
     start = 0
     if resume and (out / "model_last.pt").is_file() and (out / "train_state.pt").is_file():
-        state, carried = _carry(sam, torch.load(out / "model_last.pt", map_location="cpu", weights_only=True))
+        state, more = _carry(sam, torch.load(out / "model_last.pt", map_location="cpu", weights_only=True))
         sam.load_state_dict(state)
+        carried = {**carried, **more}
         state = torch.load(out / "train_state.pt", map_location=dev, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
