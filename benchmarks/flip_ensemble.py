@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import promptseg as ps
-from promptseg.evaluate import dice, innermost
+from promptseg.evaluate import _largest_slice, dice, innermost
 from promptseg.train import evaluate as te
 
 FLIPS = ("as is", "left-right", "up-down", "both")
@@ -64,7 +64,7 @@ def main():
         for image, gt in sets[name]:
             gt = np.asarray(gt, bool)
             if gt.ndim == 3:  # the largest slice, as the protocol prompts a volume
-                z = int(gt.sum(axis=(1, 2)).argmax())
+                z = _largest_slice(gt)
                 image, gt = image[z], gt[z]
             rows[name].append(scores(first_masks(model, image, gt), gt))
     synthetic = [k for k in ("generic_2d", "medical_2d", "medical_3d") if k in rows]
