@@ -102,12 +102,18 @@ def decode_batch(sam, emb: torch.Tensor, sparse: list[torch.Tensor], dense: torc
     dense : (E, C, g, g) dense prompt embeddings.
     All four masks are returned (mask 0: single-mask output, 1-3: the multimask outputs).
     """
-    md, pe = sam.mask_decoder, sam.prompt_encoder
+    pe = sam.prompt_encoder
     t_max = max(s.shape[1] for s in sparse)
     pad = pe.not_a_point_embed.weight  # (1, C)
     tokens = torch.cat([torch.cat([s[0], pad.expand(t_max - s.shape[1], -1)]) for s in sparse])
-    tokens = tokens.view(len(sparse), t_max, -1)
-    out = torch.cat([md.iou_token.weight, md.mask_tokens.weight])[None].expand(len(sparse), -1, -1)
+    return decode_tokens(sam, emb, tokens.view(len(sparse), t_max, -1), dense)
+
+
+def decode_tokens(sam, emb: torch.Tensor, tokens: torch.Tensor, dense: torch.Tensor):
+    """SAM's mask decoder on E prompt sets given as equal-length token arrays (E, T, C) (sparse prompt
+    embeddings, padded); emb and dense (E, C, g, g). Returns logits (E, 4, L, L) and IoU (E, 4)."""
+    md, pe = sam.mask_decoder, sam.prompt_encoder
+    out = torch.cat([md.iou_token.weight, md.mask_tokens.weight])[None].expand(len(tokens), -1, -1)
     tokens = torch.cat([out, tokens], dim=1)
     b, c, h, w = emb.shape
     pos = pe.get_dense_pe().expand(b, -1, -1, -1)

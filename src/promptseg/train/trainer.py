@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from .. import zoom
 from ..models.build import build_sam
+from . import lockstep
 from . import prompts as P
 from .draws import Window, draw, first_input
 from .episodes import Episode, StepData, as_is, decode_batch
@@ -54,7 +55,7 @@ DEFAULTS = {
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
               "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": [],
               "device": "cpu", "data_workers": 0, "batched_episodes": False, "fullres_loss": False,
-              "click_weight": 0.0},
+              "click_weight": 0.0, "device_episodes": False},
 }
 
 
@@ -341,7 +342,11 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         items = [(b, labels == k, *first_input(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
                  for b, (_, labels, ids, src) in enumerate(batch)
                  for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
-        if t["batched_episodes"]:
+        if t["device_episodes"]:  # every episode's prompts, corrections and loss as tensors on the device
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(t["seed"] * 1_000_003 + step)
+            terms, ious, n = lockstep.run(sam, emb, items, rng, cfg, gen)
+        elif t["batched_episodes"]:
             terms, ious, n = _episodes_batched(sam, emb, items, rng, cfg)
         else:
             for b, mask, prior, first in items:

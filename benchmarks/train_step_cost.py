@@ -1,0 +1,130 @@
+"""Where a training step's time goes: drawing images, the host-side episode work, the model.
+
+A GPU speeds up the model's part only. The rest of a step — drawing the synthetic images (in
+``data_workers`` processes when set), and in the main process the episodes' prompts, correction clicks
+and targets, the prompt encoder's many small calls and the copies of each fed-back mask to the host — runs
+on the CPU whatever the device, and bounds how many steps a short GPU lease can train.
+
+    python benchmarks/train_step_cost.py [CONFIG] [--steps N] [--device cpu|cuda] [--threads T]
+
+Reports, per step (median over N steps after one warm-up): the seconds to draw the batch in one process,
+and the main process's time split by function (cProfile, cumulative) into the model's forward and
+backward, the episodes' host-side work, and the rest. With ``--device cuda`` the model's part is the
+GPU's (plus launch and synchronisation costs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import numpy as np
+import torch
+
+from promptseg.train import lockstep, trainer
+from promptseg.train.draws import draw
+
+# functions whose cumulative time is the step's host-side episode work (see promptseg.train.episodes)
+HOST = {  # with device_episodes, "correct" and "_feed_back" are lockstep's batched versions
+    "run": "all episodes (device_episodes), model calls included",
+    "correct": "correction clicks and squiggles (distance transforms)",
+    "first_input": "first mask inputs of zoom windows and propagation pairs",
+    "_target": "loss targets",
+    "feed_back": "fed-back masks (device_episodes)",
+    "_feed_back": "fed-back masks (upsampled, copied to the host)",
+    "embed_prompts": "prompt encoder, one call per episode and round",
+    "prompts": "prompt encoder, one call per round (device_episodes)",
+    "__init__": "first prompts (Episode)",
+}
+
+
+def _cum(stats: pstats.Stats, name: str, filename_part: str) -> float:
+    """Cumulative seconds of the functions called ``name`` in files whose path contains ``filename_part``."""
+    return sum(v[3] for (f, _, n), v in stats.stats.items() if n == name and filename_part in f)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", nargs="?", default="configs/default_gpu.toml")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--episodes", choices=["host", "device"], default="host",
+                    help="batched_episodes (host) or device_episodes (promptseg.train.lockstep)")
+    ap.add_argument("--init", default="weights/promptseg_cnn_s.pt", help="weights to start from ('' for none)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = trainer.load_config(a.config)
+    t, size = cfg["train"], cfg["model"]["image_size"]
+    sam = trainer.build_model(cfg)
+    if a.init:
+        state, _ = trainer._carry(sam, torch.load(a.init, map_location="cpu", weights_only=True))
+        sam.load_state_dict(state)
+    sam.to(a.device).train()
+    opt = torch.optim.AdamW(sam.parameters(), lr=1e-6)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+    rows = []
+    for step in range(a.steps + 1):
+        rng = np.random.default_rng([t["seed"], step])
+        t0 = time.perf_counter()
+        batch = [draw(rng, size, cfg) for _ in range(t["batch_size"])]
+        t_draw = time.perf_counter() - t0
+        prof = cProfile.Profile()
+        sync()
+        t0 = time.perf_counter()
+        prof.enable()
+        _step(sam, opt, batch, rng, cfg, size, a.episodes, step)
+        sync()
+        prof.disable()
+        total = time.perf_counter() - t0
+        st = pstats.Stats(prof)
+        host = {k: _cum(st, k, "promptseg/train") for k in HOST}
+        # the prompt encoder is model work, but it runs once per episode and round: count it apart
+        model = _cum(st, "image_encoder_forward", "") + _cum(st, "decode_batch", "episodes.py") \
+            + _cum(st, "_own_priors", "trainer.py") + _cum(st, "backward", "torch/_tensor.py")
+        rows.append((t_draw, total, model, host))
+    keep = rows[1:]
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    print(f"config {a.config}: batch {t['batch_size']} images x {t['objects_per_image']} objects, "
+          f"up to {cfg['prompts']['max_corrections']} corrections (p {cfg['prompts']['p_correct']}); "
+          f"{a.episodes} episodes; device {a.device}, {a.threads} thread(s); median of {len(keep)} steps")
+    print(f"  drawing the batch in one process: {med([r[0] for r in keep]):.2f} s "
+          f"({med([r[0] for r in keep]) / t['batch_size'] * 1000:.0f} ms per image)")
+    print(f"  the step in the main process:     {med([r[1] for r in keep]):.2f} s")
+    print(f"    model (encoder, decoder, own priors, backward): {med([r[2] for r in keep]):.2f} s")
+    for k, what in HOST.items():
+        if any(r[3][k] for r in keep):
+            print(f"    {what}: {med([r[3][k] for r in keep]):.2f} s")
+
+
+def image_encoder_forward(sam, x):
+    """The encoder's forward pass (a named function, so cProfile can count it)."""
+    return sam.image_encoder(x)
+
+
+def _step(sam, opt, batch, rng, cfg, size, episodes: str, step: int) -> None:
+    """One training step as :func:`promptseg.train.trainer.train` runs it."""
+    t = cfg["train"]
+    lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
+    dev = next(sam.parameters()).device
+    emb = image_encoder_forward(sam, trainer._to_input(sam, [im for im, *_ in batch], dev))
+    own = trainer._own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
+    items = [(b, labels == k, *trainer.first_input(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
+             for b, (_, labels, ids, src) in enumerate(batch)
+             for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
+    if episodes == "device":
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(t["seed"] * 1_000_003 + step)
+        terms, ious, n = lockstep.run(sam, emb, items, rng, cfg, gen)
+    else:
+        terms, ious, n = trainer._episodes_batched(sam, emb, items, rng, cfg)
+    loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]) / n
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+if __name__ == "__main__":
+    main()
