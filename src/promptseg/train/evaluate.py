@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 
 import numpy as np
 
@@ -118,17 +119,65 @@ def medical_set(n: int, dims: int, seed: int = 20_000_000, min_area: int = 30):
 def click_protocol(model, pairs, max_clicks: int = 20, **session_kwargs) -> dict:
     """The protocol (module docstring) on (image, gt) pairs, per start: {start: {"dice": mean Dice after
     the start prompt and each click, "median_first", "noc85", "noc90", "never_falls"}}."""
+    return {start: summary(_objects(model, pairs, start, max_clicks, session_kwargs)) for start in STARTS}
+
+
+def _objects(model, pairs, start: str, max_clicks: int, session_kwargs: dict) -> list[dict]:
+    """Per-object results of :func:`promptseg.evaluate.evaluate` from one start, in the order of ``pairs``."""
     from ..evaluate import evaluate
 
     cases = [(f"case {i}", im, gt.astype(np.int32), None) for i, (im, gt) in enumerate(pairs)]
-    out = {}
-    for start in STARTS:
-        rep = evaluate(model, cases, start=start, max_clicks=max_clicks, **session_kwargs)
-        d = rep["mean"]["dice"]
-        out[start] = {"dice": [round(v, 4) for v in d], "median_first": float(np.median([o["dice"][0] for o in rep["objects"]])),
-                      "noc85": rep["mean"]["noc85"], "noc90": rep["mean"]["noc90"],
-                      "never_falls": bool(np.all(np.diff(d) >= -1e-9)), "ms_per_prompt": rep["mean"]["ms_per_prompt"]}
-    return out
+    return evaluate(model, cases, start=start, max_clicks=max_clicks, **session_kwargs)["objects"]
+
+
+def summary(objects: list[dict]) -> dict:
+    """One start's figures over its objects (see :func:`click_protocol`)."""
+    d = np.mean([o["dice"] for o in objects], axis=0).tolist()
+    return {"dice": [round(v, 4) for v in d], "median_first": float(np.median([o["dice"][0] for o in objects])),
+            **{k: float(np.mean([o[k] for o in objects])) for k in ("noc85", "noc90")},
+            "never_falls": bool(np.all(np.diff(d) >= -1e-9)),
+            "ms_per_prompt": float(np.mean([o["ms_per_prompt"] for o in objects]))}
+
+
+_WORKER = {}  # per worker process of run(workers=N): the model and the held-out sets, made once
+
+
+def _start_worker(load, session_kwargs: dict, counts: tuple) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER.update(model=load(), sets=heldout(*counts), kwargs=session_kwargs)
+
+
+def _work(name: str, start: str, idx: list[int]) -> list[dict]:
+    pairs = [_WORKER["sets"][name][i] for i in idx]
+    return [{k: o[k] for k in ("dice", "noc85", "noc90", "ms_per_prompt")}
+            for o in _objects(_WORKER["model"], pairs, start, 20, _WORKER["kwargs"])]
+
+
+def _run_parallel(load, workers: int, sets: dict, counts: tuple, session_kwargs: dict) -> dict:
+    """:func:`run`'s per-set reports with the objects shared among ``workers`` processes, each loading the
+    model with ``load()`` (a picklable callable): the same figures as one process gives."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = {(name, start, j): list(range(j, len(pairs), workers))
+            for name, pairs in sets.items() for start in STARTS for j in range(min(workers, len(pairs)))}
+    ctx = multiprocessing.get_context("spawn")  # a fork of a process that has run torch can hang
+    with ProcessPoolExecutor(workers, ctx, initializer=_start_worker, initargs=(load, session_kwargs, counts)) as pool:
+        done = {key: pool.submit(_work, key[0], key[1], idx) for key, idx in jobs.items()}
+        results = {key: f.result() for key, f in done.items()}
+    report = {}
+    for name, pairs in sets.items():
+        report[name] = {}
+        for start in STARTS:
+            objs = [None] * len(pairs)
+            for key, idx in jobs.items():
+                if key[:2] == (name, start):
+                    for i, o in zip(idx, results[key]):
+                        objs[i] = o
+            report[name][start] = summary(objs)
+    return report
 
 
 def heldout(n_generic: int = 100, n_medical_2d: int = 60, n_medical_3d: int = 12) -> dict:
@@ -138,12 +187,18 @@ def heldout(n_generic: int = 100, n_medical_2d: int = 60, n_medical_3d: int = 12
             "medical_3d": medical_set(n_medical_3d, 3), "coins": [(im, lab == k) for k in range(1, lab.max() + 1)]}
 
 
-def run(model, png: str | None = None, **session_kwargs) -> dict:
-    """The protocol on every held-out set, plus the synthetic sets pooled (``all_synthetic``); optionally
-    draw the coins' one-click and box masks to ``png``."""
+def run(model, png: str | None = None, workers: int = 1, load=None, counts: tuple = (100, 60, 12),
+        **session_kwargs) -> dict:
+    """The protocol on every held-out set (``counts``: the generic, CT-/MRI-like 2D and 3D sets' sizes), plus
+    the synthetic sets pooled (``all_synthetic``); optionally draw the coins' one-click and box masks to
+    ``png``. With ``workers`` > 1 the objects are shared among that many processes, each loading the model
+    with ``load()`` (a picklable callable; ``model`` is then needed only for ``png``)."""
     t0 = time.perf_counter()
-    sets = heldout()
-    report = {name: click_protocol(model, pairs, **session_kwargs) for name, pairs in sets.items()}
+    sets = heldout(*counts)
+    if workers > 1:
+        report = _run_parallel(load, workers, sets, counts, session_kwargs)
+    else:
+        report = {name: click_protocol(model, pairs, **session_kwargs) for name, pairs in sets.items()}
     n = {name: len(sets[name]) for name in ("generic_2d", "medical_2d", "medical_3d")}
     report["all_synthetic"] = {start: {
         key: (np.sum([np.asarray(report[k][start][key]) * n[k] for k in n], axis=0) / sum(n.values())).round(4).tolist()
@@ -197,7 +252,15 @@ def _draw(im: np.ndarray, lab: np.ndarray, coins: list[dict], path: str) -> None
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [--zoom off] [--edges off] [--honour off] [--png P] [--json J]
+def _load(spec: dict, checkpoint: str, honour: bool):
+    """The model a :class:`promptseg.ModelSpec` (as a dict) and a checkpoint give, on the CPU."""
+    ps.register_model(ps.ModelSpec(**spec), overwrite=True)
+    model = ps.load_model(spec["name"], checkpoint=checkpoint, device="cpu")
+    model.honour_clicks = honour
+    return model
+
+
+if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [--zoom off] [--edges off] [--honour off] [--png P] [--json J] [--workers N]
     import argparse
 
     import torch
@@ -213,6 +276,8 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
                     help="the refiner honours every click (PromptModel.honour_clicks; default on)")
     ap.add_argument("--png", help="draw the coins' one-click and box masks here")
     ap.add_argument("--json", help="write the report here as well")
+    ap.add_argument("--workers", type=int, default=1, help="processes sharing the objects (one thread each)")
+    ap.add_argument("--counts", default="100,60,12", help="sizes of the generic, CT-/MRI-like 2D and 3D sets")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from ..models.registry import get_spec
@@ -225,13 +290,14 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
     else:
         m = load_config(args.config)["model"]
     # (a checkpoint without an edge refiner loads without one)
-    spec = ps.ModelSpec("eval_trained", m["arch"], "eval.pt", input_size=m["image_size"],
-                        arch_kwargs={**m["arch_kwargs"], "edges": True}, pixel_mean=tuple(m["pixel_mean"]),
-                        pixel_std=tuple(m["pixel_std"]), zoom=args.zoom == "on")
-    ps.register_model(spec, overwrite=True)
-    model = ps.load_model("eval_trained", checkpoint=args.checkpoint, device="cpu")
-    model.honour_clicks = args.honour == "on"
-    text = json.dumps(run(model, png=args.png, edges=args.edges == "on"), indent=1)
+    spec = dict(name="eval_trained", arch=m["arch"], filename="eval.pt", input_size=m["image_size"],
+                arch_kwargs={**m["arch_kwargs"], "edges": True}, pixel_mean=tuple(m["pixel_mean"]),
+                pixel_std=tuple(m["pixel_std"]), zoom=args.zoom == "on")
+    load = partial(_load, spec, args.checkpoint, args.honour == "on")
+    model = load() if args.workers <= 1 or args.png else None
+    counts = tuple(int(v) for v in args.counts.split(","))
+    report = run(model, png=args.png, workers=args.workers, load=load, counts=counts, edges=args.edges == "on")
+    text = json.dumps(report, indent=1)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text)
