@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .prompts import Box, scribble_to_points
+from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, scribble_to_points
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,33 @@ def points_of(state: SliceState) -> tuple[np.ndarray, np.ndarray]:
         rc += [tuple(v) for v in spread]
         flags += [positive] * len(spread)
     return np.asarray(rc, dtype=float).reshape(-1, 2), np.asarray(flags, dtype=bool)
+
+
+def with_extras(state: SliceState, extra_scribbles=(), extra_points=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`points_of` ``state`` plus the points of ``extra_scribbles`` and ``extra_points`` ((N, 2), (N,))
+    that propagation adds: ((M, 2) (row, col), (M,) bool, the number of the state's own points first)."""
+    rc, flags = points_of(state)
+    own = len(rc)
+    extras = [points_of(SliceState(scribbles=tuple(extra_scribbles)))] if extra_scribbles else []
+    for erc, eflags in extras + ([extra_points] if extra_points is not None else []):
+        rc = np.concatenate([rc, np.asarray(erc, float).reshape(-1, 2)])
+        flags = np.concatenate([flags, np.asarray(eflags, bool)])
+    return rc, flags, own
+
+
+def state_of(plane: tuple[int, int], points=(), positive=(), box=None, scribbles=()) -> SliceState:
+    """A fresh state from in-plane prompts (see ``Session.set_prompts``): points (N, 2) with ``positive``
+    (N,) bools, ``box`` ((r0, c0), (r1, c1)) clipped to the ``plane``, ``scribbles`` [((M, 2), positive)]."""
+    pts = as_coords(points, 2, "point") if len(points) else np.zeros((0, 2))
+    check_inside(pts, plane, "point")
+    flags = np.broadcast_to(np.asarray(positive, dtype=bool), (len(pts),))
+    b = None
+    if box is not None:
+        (r0, c0), (r1, c1) = clip_box(as_coords(box, 2, "box corner"), plane)
+        b = Box(float(r0), float(c0), float(r1), float(c1))
+    strokes = tuple((clip_stroke(as_coords(line, 2, "scribble"), plane), bool(f)) for line, f in scribbles)
+    return SliceState(points=tuple(Point((float(r), float(c)), bool(f)) for (r, c), f in zip(pts, flags)), box=b,
+                      scribbles=strokes)
 
 
 def decoded_mask(state: SliceState, plane: tuple[int, int]) -> np.ndarray:

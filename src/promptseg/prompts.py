@@ -68,6 +68,18 @@ def one_slice(coords: np.ndarray, what: str) -> int:
     return int(z[0])
 
 
+def to_plane(coords: np.ndarray, shape: tuple[int, ...], axis: int, what: str) -> tuple[int, np.ndarray]:
+    """(N, ndim) image coordinates of one prompt -> (slice index along ``axis``, (N, 2) in-plane (row, col));
+    2D coordinates are on slice 0. PromptError when they span slices or lie outside the volume ``shape``."""
+    if len(shape) == 2:
+        return 0, coords
+    moved = np.concatenate([coords[:, [axis]], np.delete(coords, axis, axis=1)], axis=1)
+    k = one_slice(moved, what)
+    if not 0 <= k < shape[axis]:
+        raise PromptError(f"{what} on slice {k} lies outside the volume of shape {tuple(shape)}")
+    return k, moved[:, 1:]
+
+
 def clip_box(corners: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Clip box corners (2, 2) in (row, col) to the slice; PromptError if the box misses it entirely."""
     lo = corners.min(axis=0)

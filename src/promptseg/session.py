@@ -17,11 +17,11 @@ import numpy as np
 from . import _objects, edges as _edges, feedback as _feedback, wide as _wide, zoom as _zoom
 from .embeddings import Embedder, EmbeddingStore, fill, open_store, store_settings
 from .errors import CacheError, ImageError, PromptError
-from ._state import (EMPTY, SliceState, insert_axis, lazy_zeros, pack_crop, paint, points_of, prompts_json,
-                     strokes_for)
+from ._state import (EMPTY, SliceState, insert_axis, lazy_zeros, pack_crop, paint, prompts_json, state_of,
+                     strokes_for, with_extras)
 from .tiled_decode import decode_tiles
 from .tiling import TiledEmbedder, make_embedder
-from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, one_slice
+from .prompts import Box, Point, as_coords, check_inside, clip_box, clip_stroke, to_plane
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class Session:
         pts = as_coords(coords, self.ndim, "point")
         check_inside(pts, self.shape, "point")
         flags = np.broadcast_to(np.asarray(positive, dtype=bool), (len(pts),))
-        k, rc = self._split(pts, "points")
+        k, rc = to_plane(pts, self.shape, self.axis, "points")
         state = self._states.get(k, EMPTY)
         new = tuple(Point((float(r), float(c)), bool(f)) for (r, c), f in zip(rc, flags))
         return self._update(k, replace(state, points=state.points + new))
@@ -169,7 +169,7 @@ class Session:
     def add_box(self, corner_a, corner_b) -> Prediction:
         """Add (or replace) the box of the slice, given two opposite corners; clipped to the image."""
         corners = as_coords([corner_a, corner_b], self.ndim, "box corner")
-        k, rc = self._split(corners, "box")
+        k, rc = to_plane(corners, self.shape, self.axis, "box")
         (r0, c0), (r1, c1) = clip_box(rc, self._plane_shape())
         state = self._states.get(k, EMPTY)
         return self._update(k, replace(state, box=Box(float(r0), float(c0), float(r1), float(c1))))
@@ -181,7 +181,7 @@ class Session:
         (:func:`promptseg.prompts.scribble_to_points`).
         """
         poly = as_coords(points, self.ndim, "scribble")
-        k, rc = self._split(poly, "scribble")
+        k, rc = to_plane(poly, self.shape, self.axis, "scribble")
         stroke = clip_stroke(rc, self._plane_shape())
         state = self._states.get(k, EMPTY)
         return self._update(k, replace(state, scribbles=state.scribbles + ((stroke, bool(positive)),)))
@@ -195,18 +195,9 @@ class Session:
         With no prompts left the slice is cleared.
         """
         k = 0 if self.ndim == 2 else int(z)
-        plane = self._plane_shape()
         if self.ndim == 3 and not 0 <= k < self.store.n_slices:
             raise PromptError(f"slice {k} is outside 0..{self.store.n_slices - 1}")
-        pts = as_coords(points, 2, "point") if len(points) else np.zeros((0, 2))
-        check_inside(pts, plane, "point")
-        flags = np.broadcast_to(np.asarray(positive, dtype=bool), (len(pts),))
-        state = SliceState(points=tuple(Point((float(r), float(c)), bool(f)) for (r, c), f in zip(pts, flags)))
-        if box is not None:
-            (r0, c0), (r1, c1) = clip_box(as_coords(box, 2, "box corner"), plane)
-            state = replace(state, box=Box(float(r0), float(c0), float(r1), float(c1)))
-        strokes = tuple((clip_stroke(as_coords(line, 2, "scribble"), plane), bool(f)) for line, f in scribbles)
-        state = replace(state, scribbles=strokes)
+        state = state_of(self._plane_shape(), points, positive, box, scribbles)
         if not state.has_prompts:
             return self._apply({k: (self._states.get(k, EMPTY), EMPTY)}, record=True)
         return self._update(k, state)
@@ -315,16 +306,6 @@ class Session:
         """View of a spatial array as (n_slices, H, W) along the slicing axis."""
         return arr[None] if self.ndim == 2 else np.moveaxis(arr, self.axis, 0)
 
-    def _split(self, coords: np.ndarray, what: str) -> tuple[int, np.ndarray]:
-        """(N, ndim) image coordinates -> (slice index, (N, 2) in-plane (row, col))."""
-        if self.ndim == 2:
-            return 0, coords
-        moved = np.concatenate([coords[:, [self.axis]], np.delete(coords, self.axis, axis=1)], axis=1)
-        k = one_slice(moved, what)
-        if not 0 <= k < self.shape[self.axis]:
-            raise PromptError(f"{what} on slice {k} lies outside the volume of shape {self.shape}")
-        return k, moved[:, 1:]
-
     def _slice_index(self, z) -> int:
         if self.ndim == 2:
             return 0
@@ -367,12 +348,8 @@ class Session:
         state = _feedback.shown(self, state)  # a refined mask is what the next prompt starts from (the
         # fresh states of propagation's walk have none: it carries the decoder's own logits)
         scribbles = tuple(state.scribbles) + tuple(extra_scribbles)
-        rc, flags = points_of(state)
-        own = len(rc)  # the user's points; those added below carry a mask along a walk (not honoured)
-        extras = [points_of(replace(EMPTY, scribbles=tuple(extra_scribbles)))] if extra_scribbles else []
-        for erc, eflags in extras + ([extra_points] if extra_points is not None else []):
-            rc = np.concatenate([rc, np.asarray(erc, float).reshape(-1, 2)])
-            flags = np.concatenate([flags, np.asarray(eflags, bool)])
+        # the user's points come first (``own`` of them); the extras carry a mask along a walk (not honoured)
+        rc, flags, own = with_extras(state, extra_scribbles, extra_points)
         xy = self.frame.to_input_xy(rc) if len(rc) else None
         labels = flags.astype(int) if len(rc) else None
         b = state.box if state.box is not None else (Box(*extra_box) if extra_box is not None else None)
