@@ -71,7 +71,7 @@ class Lockstep:
 
     def __init__(self, eps: list[Episode], image: torch.Tensor, size: int, lowres: int, max_corrections: int, dev):
         e = len(eps)
-        self.size, self.lowres, self.dev, self.image = size, lowres, dev, image
+        self.size, self.lowres, self.image = size, lowres, image
         self.gt = torch.zeros(e, size, size, dtype=torch.bool)
         self.valid = torch.zeros(e, size, size, dtype=torch.bool)
         tokens = [self._first_tokens(ep) for ep in eps]
