@@ -257,7 +257,10 @@ def run(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict
     while len(active):
         sparse, dense = st.prompts(pe, active)
         low, iou_pred = decode_tokens(sam, emb[st.image[active]], sparse, dense)
-        logits = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False) if full else low
+        multi = st.multimask[active]
+        k = 4 if bool(multi.any()) else 1  # without a lone first click only mask 0 is scored (a quarter the work)
+        logits = low[:, :k]
+        logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False) if full else logits
         tg = target[active][:, None]
         prob = torch.sigmoid(logits)
         bce = F.binary_cross_entropy_with_logits(logits, tg.expand_as(logits), reduction="none")
@@ -266,13 +269,14 @@ def run(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict
         with torch.no_grad():
             pb, tb = logits > 0, tg > 0.5
             iou = (pb & tb).sum(dim=(2, 3)) / (pb | tb).sum(dim=(2, 3)).clamp(min=1)
-        multi = st.multimask[active]
-        score = (t["focal_weight"] * focal + dice).detach()
-        score = torch.where(torch.cat([multi[:, None], ~multi[:, None].expand(-1, 3)], 1), math.inf, score)
-        best = score.argmin(dim=1)
         rows = torch.arange(len(active), device=dev)
-        err = (iou_pred - iou.float()) ** 2
-        mse = torch.where(multi, err[:, 1:].mean(dim=1), err[:, 0])
+        err = (iou_pred[:, :k] - iou.float()) ** 2
+        if k == 4:  # a lone first click: the best of masks 1-3 (by the loss); the others: mask 0
+            score = (t["focal_weight"] * focal + dice).detach()
+            score = torch.where(torch.cat([multi[:, None], ~multi[:, None].expand(-1, 3)], 1), math.inf, score)
+            best, mse = score.argmin(dim=1), torch.where(multi, err[:, 1:].mean(dim=1), err[:, 0])
+        else:
+            best, mse = torch.zeros_like(rows), err[:, 0]
         w = 1.0 / st.n_rounds[active].float()
         total["focal"] = total["focal"] + (focal[rows, best] * w).sum()
         total["dice"] = total["dice"] + (dice[rows, best] * w).sum()
