@@ -4,7 +4,8 @@
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
 #     --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl segment-anything==1.0 zarr==3.1.6 numcodecs==0.16.6 \
-#     donfig==0.8.1.post1 google-crc32c==1.9.0
+#     donfig==0.8.1.post1 google-crc32c==1.9.0 pooch==1.9.0 platformdirs==4.14.9
+# (pooch: scikit-image's data module imports it, for the coins of the evaluation)
 # then: run(command="bash configs/gpu_lease.sh", carry=[".whl"], timeout_s=600), and give_back.
 # It writes to $OUT: gpu.txt, step_cost.txt (a step's time with the episodes on the host and on the GPU),
 # train.log, log.jsonl and v27.pt (the weights, the refiner carried), within TRAIN_MIN + about 1.5
