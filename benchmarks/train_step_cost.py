@@ -8,9 +8,10 @@ on the CPU whatever the device, and bounds how many steps a short GPU lease can 
     python benchmarks/train_step_cost.py [CONFIG] [--steps N] [--device cpu|cuda] [--threads T]
 
 Reports, per step (median over N steps after one warm-up): the seconds to draw the batch in one process,
-and the main process's time split by function (cProfile, cumulative) into the model's forward and
-backward, the episodes' host-side work, and the rest. With ``--device cuda`` the model's part is the
-GPU's (plus launch and synchronisation costs).
+and the main process's time (a step as :func:`promptseg.train.trainer.step_loss` and the optimiser run
+it) split by function (cProfile, cumulative) into the episodes' host-side work and the rest, which is
+mostly the model's forward and backward. With ``--device cuda`` the model's part is the GPU's (plus
+launch and synchronisation costs).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import time
 import numpy as np
 import torch
 
-from promptseg.train import lockstep, trainer
+from promptseg.train import trainer
 from promptseg.train.draws import draw
 
-# functions whose cumulative time is the step's host-side episode work (see promptseg.train.episodes)
-HOST = {  # with device_episodes, "correct" and "_feed_back" are lockstep's batched versions
-    "run": "all episodes (device_episodes), model calls included",
+# functions whose cumulative time is the step's host-side episode work (see promptseg.train.episodes);
+# with device_episodes, "correct", "feed_back" and "prompts" are promptseg.train.lockstep's batched ones
+HOST = {
     "correct": "correction clicks and squiggles (distance transforms)",
     "first_input": "first mask inputs of zoom windows and propagation pairs",
     "_target": "loss targets",
@@ -36,7 +37,7 @@ HOST = {  # with device_episodes, "correct" and "_feed_back" are lockstep's batc
     "_feed_back": "fed-back masks (upsampled, copied to the host)",
     "embed_prompts": "prompt encoder, one call per episode and round",
     "prompts": "prompt encoder, one call per round (device_episodes)",
-    "__init__": "first prompts (Episode)",
+    "__init__": "first prompts (Episode; with device_episodes, packed as tensors)",
 }
 
 
@@ -64,6 +65,7 @@ def main() -> None:
         sam.load_state_dict(state)
     sam.to(a.device).train()
     opt = torch.optim.AdamW(sam.parameters(), lr=1e-6)
+    cfg["train"].update(batched_episodes=True, device_episodes=a.episodes == "device")
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     rows = []
     for step in range(a.steps + 1):
@@ -75,16 +77,17 @@ def main() -> None:
         sync()
         t0 = time.perf_counter()
         prof.enable()
-        _step(sam, opt, batch, rng, cfg, size, a.episodes, step)
+        loss = trainer.step_loss(sam, batch, rng, cfg, step, a.device)[0]  # as the trainer's step runs it
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         sync()
         prof.disable()
         total = time.perf_counter() - t0
         st = pstats.Stats(prof)
+        # (the prompt encoder is model work, but it runs once per episode and round: it is counted apart)
         host = {k: _cum(st, k, "promptseg/train") for k in HOST}
-        # the prompt encoder is model work, but it runs once per episode and round: count it apart
-        model = _cum(st, "image_encoder_forward", "") + _cum(st, "decode_batch", "episodes.py") \
-            + _cum(st, "_own_priors", "trainer.py") + _cum(st, "backward", "torch/_tensor.py")
-        rows.append((t_draw, total, model, host))
+        rows.append((t_draw, total, total - sum(host.values()), host))
     keep = rows[1:]
     med = lambda xs: float(np.median(xs))  # noqa: E731
     print(f"config {a.config}: batch {t['batch_size']} images x {t['objects_per_image']} objects, "
@@ -93,37 +96,10 @@ def main() -> None:
     print(f"  drawing the batch in one process: {med([r[0] for r in keep]):.2f} s "
           f"({med([r[0] for r in keep]) / t['batch_size'] * 1000:.0f} ms per image)")
     print(f"  the step in the main process:     {med([r[1] for r in keep]):.2f} s")
-    print(f"    model (encoder, decoder, own priors, backward): {med([r[2] for r in keep]):.2f} s")
+    print(f"    the model (encoder, decoder, backward) and the rest: {med([r[2] for r in keep]):.2f} s")
     for k, what in HOST.items():
         if any(r[3][k] for r in keep):
             print(f"    {what}: {med([r[3][k] for r in keep]):.2f} s")
-
-
-def image_encoder_forward(sam, x):
-    """The encoder's forward pass (a named function, so cProfile can count it)."""
-    return sam.image_encoder(x)
-
-
-def _step(sam, opt, batch, rng, cfg, size, episodes: str, step: int) -> None:
-    """One training step as :func:`promptseg.train.trainer.train` runs it."""
-    t = cfg["train"]
-    lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
-    dev = next(sam.parameters()).device
-    emb = image_encoder_forward(sam, trainer._to_input(sam, [im for im, *_ in batch], dev))
-    own = trainer._own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
-    items = [(b, labels == k, *trainer.first_input(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
-             for b, (_, labels, ids, src) in enumerate(batch)
-             for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
-    if episodes == "device":
-        gen = torch.Generator(device=dev)
-        gen.manual_seed(t["seed"] * 1_000_003 + step)
-        terms, ious, n = lockstep.run(sam, emb, items, rng, cfg, gen)
-    else:
-        terms, ious, n = trainer._episodes_batched(sam, emb, items, rng, cfg)
-    loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]) / n
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
 
 
 if __name__ == "__main__":

@@ -220,7 +220,8 @@ def test_batched_episodes_with_data_workers_train_reproducibly(tmp_path):
 def test_full_resolution_loss_scores_the_boundary_the_session_shows(tmp_path):
     """Logits on an 8 x 8 grid whose upsampled zero crossing lies at column 16 of 32, against an object
     ending at column 14: at full size the IoU is 14/16; the 4-pixel cells' targets cannot tell (3/4)."""
-    from promptseg.train.trainer import _losses, _lowres_target
+    from promptseg.train.episodes import losses as _losses
+    from promptseg.train.trainer import _lowres_target
 
     logits = torch.full((1, 8, 8), -5.0)
     logits[:, :, :4] = 5.0
@@ -239,7 +240,8 @@ def test_full_resolution_loss_scores_the_boundary_the_session_shows(tmp_path):
 def test_click_term_charges_the_clicks_the_mask_ignores(tmp_path):
     """Logits +5 on the left half of a 32 x 32 input, -5 on the right: a positive click on the left and
     a negative one on the right cost log(1 + e^-5) each; a positive click on the right costs log(1 + e^5)."""
-    from promptseg.train.trainer import _losses, _lowres_target
+    from promptseg.train.episodes import losses as _losses
+    from promptseg.train.trainer import _lowres_target
 
     logits = torch.full((1, 8, 8), -5.0)
     logits[:, :, :4] = 5.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..prompts import scribble_to_points, stroke_map
 from . import prompts as P
@@ -92,6 +93,41 @@ class Episode:
         self.rc = np.concatenate([self.rc, click[0][None]])
         self.flags = self.flags + [int(click[1])]
         return True
+
+
+def losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0, clicks=None,
+           size: int | None = None):
+    """Per-mask focal (``gamma`` = 0: plain BCE), dice, IoU-head MSE and click term.
+
+    logits (K, L, L), target (L, L) in 0..1 or (S, S) at the input size, iou_pred (K,); or batched over E
+    episodes: logits (E, K, L, L), target (E, 1, L, L) or (E, 1, S, S), iou_pred (E, K). A full-size
+    target is compared with the logits upsampled as the Session upsamples them (bilinear), so the loss
+    and the IoU head's target see the boundary the user will see. ``clicks`` (unbatched only): (rc (N, 2)
+    float (row, col) in the training image, flags (N,)), or None; ``size``: the input side those pixels
+    are of (default: a full-size target's). Returns four tensors of iou_pred's shape and the actual IoU;
+    the click term is the mean BCE of the logits at the clicked pixels against the clicks' signs (0 without
+    clicks): a correction the mask ignores costs extra, however few pixels it covers.
+    """
+    if target.shape[-1] != logits.shape[-1]:
+        up = F.interpolate(logits if logits.dim() == 4 else logits[None], size=tuple(target.shape[-2:]),
+                           mode="bilinear", align_corners=False)
+        logits = up if logits.dim() == 4 else up[0]
+    click = logits.new_zeros(logits.shape[:-2])
+    if clicks is not None and len(clicks[1]):
+        n = logits.shape[-1]
+        rc = torch.as_tensor(np.clip(np.floor(clicks[0] * n / (size or target.shape[-1])), 0, n - 1), dtype=torch.long)
+        at = logits[:, rc[:, 0], rc[:, 1]]  # (K, N)
+        want = torch.as_tensor(np.asarray(clicks[1], np.float32), device=logits.device).expand_as(at)
+        click = F.binary_cross_entropy_with_logits(at, want, reduction="none").mean(dim=1)
+    t = target.expand_as(logits)
+    p = torch.sigmoid(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    focal = (bce * (p - t).abs() ** gamma).mean(dim=(-2, -1)) if gamma else bce.mean(dim=(-2, -1))
+    dice = 1 - (2 * (p * t).sum(dim=(-2, -1)) + 1) / (p.sum(dim=(-2, -1)) + t.sum(dim=(-2, -1)) + 1)
+    with torch.no_grad():
+        pb, tb = logits > 0, t > 0.5
+        iou = (pb & tb).sum(dim=(-2, -1)) / ((pb | tb).sum(dim=(-2, -1)).clamp(min=1))
+    return focal, dice, (iou_pred - iou.float()) ** 2, click, iou
 
 
 def decode_batch(sam, emb: torch.Tensor, sparse: list[torch.Tensor], dense: torch.Tensor):

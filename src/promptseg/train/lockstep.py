@@ -10,7 +10,7 @@ by :class:`.episodes.Episode` (the same draws), and everything after them is ten
   point", 0 / 1 negative / positive click, 2 / 3 box corners), embedded as SAM's prompt encoder embeds them
   (:func:`embed_tokens`), padded as ``decode_batch`` pads: a prompt without a box keeps at least one "not
   a point" token, as SAM's prompt encoder gives it;
-* the loss of all episodes of a round is one batched computation;
+* the loss of all episodes of a round is one batched call of :func:`.episodes.losses`;
 * a correction goes to the larger error region, at a pixel drawn with weight distance², where distance is
   the chessboard distance to the region's outside (iterated 3 × 3 erosion, image borders outside) and the
   host uses the Euclidean one;
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..prompts import stroke_map
 from . import prompts as P
-from .episodes import Episode, decode_tokens
+from .episodes import Episode, decode_tokens, losses
 
 MAX_SPREAD = 8  # points sent per squiggle (spread's max_points)
 WALK = 11  # the most steps of a squiggle's random walk (squiggle_path: 3 to 11)
@@ -259,18 +259,8 @@ def run(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict
         low, iou_pred = decode_tokens(sam, emb[st.image[active]], sparse, dense)
         multi = st.multimask[active]
         k = 4 if bool(multi.any()) else 1  # without a lone first click only mask 0 is scored (a quarter the work)
-        logits = low[:, :k]
-        logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False) if full else logits
-        tg = target[active][:, None]
-        prob = torch.sigmoid(logits)
-        bce = F.binary_cross_entropy_with_logits(logits, tg.expand_as(logits), reduction="none")
-        focal = (bce * (prob - tg).abs() ** t["focal_gamma"] if t["focal_gamma"] else bce).mean(dim=(2, 3))
-        dice = 1 - (2 * (prob * tg).sum(dim=(2, 3)) + 1) / (prob.sum(dim=(2, 3)) + tg.sum(dim=(2, 3)) + 1)
-        with torch.no_grad():
-            pb, tb = logits > 0, tg > 0.5
-            iou = (pb & tb).sum(dim=(2, 3)) / (pb | tb).sum(dim=(2, 3)).clamp(min=1)
+        focal, dice, err, _, iou = losses(low[:, :k], target[active][:, None], iou_pred[:, :k], t["focal_gamma"])
         rows = torch.arange(len(active), device=dev)
-        err = (iou_pred[:, :k] - iou.float()) ** 2
         if k == 4:  # a lone first click: the best of masks 1-3 (by the loss); the others: mask 0
             score = (t["focal_weight"] * focal + dice).detach()
             score = torch.where(torch.cat([multi[:, None], ~multi[:, None].expand(-1, 3)], 1), math.inf, score)

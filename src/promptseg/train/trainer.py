@@ -39,7 +39,7 @@ from ..models.build import build_sam
 from . import lockstep
 from . import prompts as P
 from .draws import Window, draw, first_input
-from .episodes import Episode, StepData, as_is, decode_batch
+from .episodes import Episode, StepData, as_is, decode_batch, losses
 
 DEFAULTS = {
     "model": {"arch": "cnn_small", "image_size": 256, "arch_kwargs": {}, "init": "",
@@ -133,40 +133,8 @@ def _lowres_target(mask: np.ndarray, size: int, lowres: int, device="cpu") -> to
 
 def _target(mask: np.ndarray, size: int, lowres: int, t: dict, device) -> torch.Tensor:
     """An episode's loss target: area fractions on the low-res grid, or the mask at the input size
-    with ``fullres_loss`` (see :func:`_losses`)."""
+    with ``fullres_loss`` (see :func:`.episodes.losses`)."""
     return _lowres_target(mask, size, size if t["fullres_loss"] else lowres, device)
-
-
-def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, gamma: float = 2.0, clicks=None,
-            size: int | None = None):
-    """Per-mask focal (``gamma`` = 0: plain BCE), dice, IoU-head MSE and click term.
-
-    logits (K, L, L), target (L, L) in 0..1 or (S, S) at the input size, iou_pred (K,). A full-size
-    target is compared with the logits upsampled as the Session upsamples them (bilinear), so the loss
-    and the IoU head's target see the boundary the user will see. ``clicks``: (rc (N, 2) float (row,
-    col) in the training image, flags (N,)), or None; ``size``: the input side those pixels are of (default:
-a full-size target's). Returns four (K,) tensors and the actual IoU (K,);
-    the click term is the mean BCE of the logits at the clicked pixels against the clicks' signs (0 without
-    clicks): a correction the mask ignores costs extra, however few pixels it covers.
-    """
-    if target.shape[-1] != logits.shape[-1]:
-        logits = F.interpolate(logits[None], size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)[0]
-    click = logits.new_zeros(len(logits))
-    if clicks is not None and len(clicks[1]):
-        n = logits.shape[-1]
-        rc = torch.as_tensor(np.clip(np.floor(clicks[0] * n / (size or target.shape[-1])), 0, n - 1), dtype=torch.long)
-        at = logits[:, rc[:, 0], rc[:, 1]]  # (K, N)
-        want = torch.as_tensor(np.asarray(clicks[1], np.float32), device=logits.device).expand_as(at)
-        click = F.binary_cross_entropy_with_logits(at, want, reduction="none").mean(dim=1)
-    t = target.expand_as(logits)
-    p = torch.sigmoid(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    focal = (bce * (p - t).abs() ** gamma).mean(dim=(1, 2)) if gamma else bce.mean(dim=(1, 2))
-    dice = 1 - (2 * (p * t).sum(dim=(1, 2)) + 1) / (p.sum(dim=(1, 2)) + t.sum(dim=(1, 2)) + 1)
-    with torch.no_grad():
-        pb, tb = logits > 0, t > 0.5
-        iou = (pb & tb).sum(dim=(1, 2)) / ((pb | tb).sum(dim=(1, 2)).clamp(min=1))
-    return focal, dice, (iou_pred - iou.float()) ** 2, click, iou
 
 
 def _episode(sam, emb: torch.Tensor, mask: np.ndarray, rng: np.random.Generator, cfg: dict, prior=None, first=None):
@@ -196,7 +164,7 @@ def _add_round(total: dict, low, iou_pred, target, n_rounds: int, multimask: boo
     """Add one round's loss terms (its best mask when multimask) to ``total``; returns that mask's IoU.
     ``ep``: the Episode, whose clicks enter the click term when ``click_weight`` > 0 (``size``: the input side)."""
     clicks = (ep.rc, ep.flags) if ep is not None and t["click_weight"] > 0 else None
-    focal, dice, mse, click, iou = _losses(low, target, iou_pred, t["focal_gamma"], clicks, size)
+    focal, dice, mse, click, iou = losses(low, target, iou_pred, t["focal_gamma"], clicks, size)
     best = int(torch.argmin(t["focal_weight"] * focal + dice)) if multimask else 0
     total["focal"] = total["focal"] + focal[best] / n_rounds
     total["dice"] = total["dice"] + dice[best] / n_rounds
@@ -266,6 +234,39 @@ def _save(sam, opt, step: int, out: Path, carried: dict | None = None) -> None:
     (out / "train_state.pt.tmp").replace(out / "train_state.pt")
 
 
+def step_loss(sam, batch: list, rng: np.random.Generator, cfg: dict, step: int, dev, encoder_frozen: bool = False):
+    """Step ``step``'s loss on its drawn ``batch`` (:func:`.draws.draw` results): the images embedded (with
+    no gradient for a frozen encoder), the objects' episodes run one at a time, batched, or on the device
+    as ``[train]`` says, and their terms weighed. Returns the loss, the summed terms, every round's IoU
+    and the number of episodes."""
+    t, size = cfg["train"], cfg["model"]["image_size"]
+    with torch.set_grad_enabled(not encoder_frozen):
+        emb = sam.image_encoder(_to_input(sam, [im for im, *_ in batch], dev))
+    terms = dict.fromkeys(TERMS, 0.0)
+    ious, n = [], 0
+    lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
+    own = _own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
+    items = [(b, labels == k, *first_input(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
+             for b, (_, labels, ids, src) in enumerate(batch)
+             for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
+    if t["device_episodes"]:  # every episode's prompts, corrections and loss as tensors on the device
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(t["seed"] * 1_000_003 + step)
+        terms, ious, n = lockstep.run(sam, emb, items, rng, cfg, gen)
+    elif t["batched_episodes"]:
+        terms, ious, n = _episodes_batched(sam, emb, items, rng, cfg)
+    else:
+        for b, mask, prior, first in items:
+            tot, iu = _episode(sam, emb[b:b + 1], mask, rng, cfg, prior, first)
+            for key in terms:
+                terms[key] = terms[key] + tot[key]
+            ious += iu
+            n += 1
+    loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]
+            + t["click_weight"] * terms["click"]) / n
+    return loss, terms, ious, n
+
+
 def train(config_path, out_dir, resume: bool = True, max_minutes: float | None = None) -> Path:
     """Train a model from a config file; return the path of the final weights.
 
@@ -333,30 +334,7 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(loader) if loader is not None else [draw(rng, size, cfg) for _ in range(t["batch_size"])]
-        with torch.set_grad_enabled(not encoder_frozen):
-            emb = sam.image_encoder(_to_input(sam, [im for im, *_ in batch], dev))
-        terms = dict.fromkeys(TERMS, 0.0)
-        ious, n = [], 0
-        lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
-        own = _own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
-        items = [(b, labels == k, *first_input(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
-                 for b, (_, labels, ids, src) in enumerate(batch)
-                 for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
-        if t["device_episodes"]:  # every episode's prompts, corrections and loss as tensors on the device
-            gen = torch.Generator(device=dev)
-            gen.manual_seed(t["seed"] * 1_000_003 + step)
-            terms, ious, n = lockstep.run(sam, emb, items, rng, cfg, gen)
-        elif t["batched_episodes"]:
-            terms, ious, n = _episodes_batched(sam, emb, items, rng, cfg)
-        else:
-            for b, mask, prior, first in items:
-                tot, iu = _episode(sam, emb[b:b + 1], mask, rng, cfg, prior, first)
-                for key in terms:
-                    terms[key] = terms[key] + tot[key]
-                ious += iu
-                n += 1
-        loss = (t["focal_weight"] * terms["focal"] + terms["dice"] + t["iou_weight"] * terms["iou"]
-                + t["click_weight"] * terms["click"]) / n
+        loss, terms, ious, n = step_loss(sam, batch, rng, cfg, step, dev, encoder_frozen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, t["grad_clip"])
