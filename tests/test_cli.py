@@ -172,3 +172,10 @@ def test_evaluate_a_sample_with_and_without_zoom_and_edges(tmp_path, capsys):
     dice = {k: r["mean"]["dice"] for k, r in reports.items()}
     assert dice["on", "auto"] != dice["off", "auto"]  # the windows change the masks
     assert dice["on", "auto"] != dice["on", "off"]  # and so does the shipped model's edge refiner
+    assert all(r["click_rule"] == "area" for r in reports.values())
+    out = tmp_path / "ritm.json"
+    assert main(["evaluate", "sample:ct_lesions", "--modality", "ct", "--start", "box", "--clicks", "2",
+                 "--click-rule", "ritm", "-o", str(out), "--device", "cpu"]) == 0
+    ritm = json.loads(out.read_text())
+    assert ritm["click_rule"] == "ritm" and ritm["n_objects"] == 3
+    assert [o["area"] for o in ritm["objects"]] == [o["area"] for o in reports["on", "auto"]["objects"]]

@@ -58,6 +58,42 @@ def test_next_click_goes_to_the_middle_of_the_larger_error():
     assert ev.next_click(gt, gt) is None
 
 
+def test_the_ritm_rule_corrects_the_deeper_error_not_the_one_with_more_pixels():
+    gt = np.zeros((40, 40), bool)
+    gt[2:38, 2:38] = True
+    pred = gt.copy()
+    pred[2:38, 2] = pred[2:38, 37] = pred[2, 2:38] = False  # missed: thin strips along three sides (106 px)
+    pred[20:27, 39:40] = True  # (a sliver outside the object does not change the answer)
+    gt[10:17, 10:17] = False  # false: a 7 x 7 hole inside the object that the prediction fills (49 px)
+    assert (gt & ~pred).sum() > (pred & ~gt).sum()
+    (rc, positive) = ev.next_click(gt, pred)  # the area rule: the missed strips, the larger count
+    assert positive and gt[int(rc[0]), int(rc[1])] and not pred[int(rc[0]), int(rc[1])]
+    (rc, positive) = ev.next_click(gt, pred, "ritm")  # RITM's: the hole, 4 px deep against 1 px
+    assert not positive and rc == (13.0, 13.0)
+    tie = np.zeros((20, 20), bool)
+    tie[5:8, 5:8] = True  # a missed 3 x 3 square and a false one: the same depth, the false one wins
+    other = np.zeros_like(tie)
+    other[12:15, 12:15] = True
+    assert ev.next_click(tie, other, "ritm") == ((13.0, 13.0), False)
+    assert ev.next_click(tie, other, "area") == ((6.0, 6.0), True)
+    with pytest.raises(ValueError, match="unknown click rule 'nearest'"):
+        ev.next_click(tie, other, "nearest")
+
+
+def test_the_held_out_summary_counts_never_and_noc_by_object_size():
+    from promptseg.train.evaluate import summary
+
+    curve = lambda first: [first] + [0.95] * 20  # Dice after 21 prompts
+    objects = [dict(dice=curve(0.5), noc85=3, noc90=22, ms_per_prompt=10.0, area=50),
+               dict(dice=curve(0.9), noc85=1, noc90=2, ms_per_prompt=20.0, area=80),
+               dict(dice=curve(0.7), noc85=2, noc90=5, ms_per_prompt=30.0, area=400),
+               dict(dice=curve(0.6), noc85=4, noc90=22, ms_per_prompt=40.0, area=5000)]
+    s = summary(objects)
+    assert s["never90"] == 0.5 and s["noc90"] == pytest.approx(51 / 4) and s["noc85"] == 2.5
+    assert s["noc90_by_area"] == {"under 100 px": [2, 12.0], "100-999 px": [1, 5.0], "1000 px and more": [1, 22.0]}
+    assert s["dice"][0] == pytest.approx(0.675) and s["never_falls"] and s["median_first"] == pytest.approx(0.65)
+
+
 def test_squiggle_stays_inside_the_object():
     m = np.zeros((40, 60), bool)
     m[15:25, 5:55] = True
@@ -73,8 +109,8 @@ def test_simulate_runs_the_protocol_through_a_session(small_sam, start):
     img = np.zeros((64, 64), np.uint8)
     img[20:44, 16:48] = 200
     gt = img > 0
-    r = ev.simulate(model, img, gt, start=start, max_clicks=4)
-    assert len(r["dice"]) == len(r["iou"]) == 5
+    r = ev.simulate(model, img, gt, start=start, max_clicks=4, click_rule="ritm" if start == "box" else "area")
+    assert len(r["dice"]) == len(r["iou"]) == 5 and r["area"] == 24 * 32
     assert all(0 <= v <= 1 for v in r["dice"])
     assert 1 <= r["noc90"] <= 6 and r["ms_per_prompt"] > 0
     assert r["hd95"] >= 0 and r["masd"] >= 0
@@ -94,6 +130,8 @@ def test_evaluate_volume_and_report(small_sam, tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="no objects"):
         ev.evaluate(model, [("empty", vol, np.zeros_like(labels), None)])
+    with pytest.raises(ValueError, match="unknown click rule"):
+        ev.evaluate(model, [("vol", vol, labels, None)], click_rule="farthest")
 
 
 def test_inner_distance_is_the_full_plane_distance_transform():
@@ -127,10 +165,17 @@ def test_the_held_out_protocol_shared_among_processes_gives_the_same_figures(tmp
     save_state_dict(build_sam("cnn_small", image_size=64, **arch), tmp_path / "m.pt")
     spec = dict(name="eval_tiny", arch="cnn_small", filename="m.pt", input_size=64, arch_kwargs=arch, zoom=False)
     load = partial(te._load, spec, str(tmp_path / "m.pt"), True)
-    one = te.run(load(), counts=(3, 2, 1))
-    two = te.run(None, workers=2, load=load, counts=(3, 2, 1))
+    objects_one, objects_two = {}, {}
+    one = te.run(load(), counts=(3, 2, 1), objects=objects_one)
+    two = te.run(None, workers=2, load=load, counts=(3, 2, 1), objects=objects_two)
     for name in ("generic_2d", "medical_2d", "medical_3d", "coins", "all_synthetic"):
         for start in te.STARTS:
-            for key in ("dice", "noc85", "noc90", "never_falls"):
+            for key in ("dice", "noc85", "noc90", "never_falls", "never90", "noc90_by_area"):
                 assert one[name][start][key] == two[name][start][key], (name, start, key)
     assert len(two["coins"]["click"]["dice"]) == 21
+    same = lambda recs: {(n, s, i): {k: v for k, v in o.items() if k != "ms_per_prompt"}
+                         for n, per in recs.items() for s, objs in per.items() for i, o in enumerate(objs)}
+    assert same(objects_one) == same(objects_two) and len(objects_two["generic_2d"]["box"]) == 3
+    sets = te.heldout(3, 2, 1)  # each record is its object's, in the set's order
+    assert [o["area"] for o in objects_two["medical_2d"]["click"]] == [int(gt.sum()) for _, gt in sets["medical_2d"]]
+    assert sum(b[0] for b in two["all_synthetic"]["click"]["noc90_by_area"].values()) == 6

@@ -225,8 +225,8 @@ def cmd_evaluate(args) -> int:
             raise PromptsegError(f"no labels for {name}; pass --labels")
         cases.append((name, np.asarray(image), np.asarray(lab), meta.spacing))
     model = _model(args)
-    report = evaluate(model, cases, start=args.start, max_clicks=args.clicks, modality=args.modality, window=args.window,
-                      zoom=_ZOOM[args.zoom], edges=_ZOOM[args.edges])
+    report = evaluate(model, cases, start=args.start, max_clicks=args.clicks, click_rule=args.click_rule,
+                      modality=args.modality, window=args.window, zoom=_ZOOM[args.zoom], edges=_ZOOM[args.edges])
     write_report(report, args.output, args.plot)
     m = report["mean"]
     d = m["dice"]
@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", action="append", help="label file for each image, in order (repeatable)")
     p.add_argument("--start", choices=["click", "box", "squiggle"], default="click")
     p.add_argument("--clicks", type=int, default=20, help="correction clicks after the start prompt (default 20)")
+    p.add_argument("--click-rule", choices=["area", "ritm"], default="area",
+                   help="which error a correction click goes to: the one with more pixels (area, default) or the "
+                        "deeper one, as RITM's clicker decides (ritm)")
     p.add_argument("-o", "--output", help="JSON report")
     p.add_argument("--plot", help="PNG of mean Dice against prompts")
     _add_model_args(p)

@@ -5,10 +5,13 @@ Metrics take bool masks (2D or 3D, napari order) and, for distances, the pixel `
 
 Protocol (:func:`simulate`): a fresh :class:`promptseg.Session` gets a start prompt — one click at the
 object's innermost pixel (distance-transform maximum), its exact bounding box, or a squiggle along its
-long axis — and then up to ``max_clicks`` correction clicks. Each click goes to the innermost pixel of
-the larger error region: positive in a missed region, negative in a false one, sent with
-``Session.add_point`` so that the previous prediction is fed back exactly as in interactive use. A 3D object
-is evaluated on the slice where it is largest (until propagation is part of the protocol).
+long axis — and then up to ``max_clicks`` correction clicks, sent with ``Session.add_point`` so that the
+previous prediction is fed back exactly as in interactive use. Each click goes to the innermost pixel of
+the larger error, positive in a missed region, negative in a false one; which error is larger, the
+``click_rule`` says (:func:`next_click`): ``"area"`` (the default), the one with more pixels;
+``"ritm"``, the one whose innermost pixel lies deeper, as the clicker of RITM (Sofiiuk et al. 2022) and
+the interactive-segmentation papers that reuse it place clicks. A 3D object is evaluated on the slice
+where it is largest (until propagation is part of the protocol).
 """
 
 from __future__ import annotations
@@ -98,17 +101,28 @@ def _peak(dist: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.unravel_index(int(np.argmax(dist)), dist.shape))
 
 
-def next_click(gt: np.ndarray, pred: np.ndarray) -> tuple[tuple[float, ...], bool] | None:
-    """The simulated annotator's next click: innermost pixel of the larger error region.
+CLICK_RULES = ("area", "ritm")
 
-    Returns ``((row, col), positive)`` — positive when the larger error is a missed region — or None
-    when prediction and truth agree.
+
+def next_click(gt: np.ndarray, pred: np.ndarray, rule: str = "area") -> tuple[tuple[float, ...], bool] | None:
+    """The simulated annotator's next click: the innermost pixel of the larger error.
+
+    gt, pred : bool arrays of one shape. ``rule`` says which error is larger: ``"area"``, the one with
+    more pixels (ties: the missed one); ``"ritm"``, the one whose innermost pixel is farther from its
+    boundary (ties: the false one), as RITM's clicker decides. Returns ``((row, col), positive)`` —
+    positive when the click goes to a missed region — or None when prediction and truth agree.
     """
+    if rule not in CLICK_RULES:
+        raise ValueError(f"unknown click rule {rule!r}: use one of {', '.join(CLICK_RULES)}")
     missed, false = gt & ~pred, pred & ~gt
     if not missed.any() and not false.any():
         return None
-    positive = bool(missed.sum() >= false.sum())
-    return innermost(missed if positive else false), positive
+    if rule == "area":
+        positive = bool(missed.sum() >= false.sum())
+        return innermost(missed if positive else false), positive
+    deep_missed, deep_false = inner_distance(missed), inner_distance(false)
+    positive = bool(deep_missed.max() > deep_false.max())
+    return _peak(deep_missed if positive else deep_false), positive
 
 
 def squiggle(mask: np.ndarray, n: int = 12) -> np.ndarray:
@@ -136,7 +150,7 @@ def _largest_slice(gt: np.ndarray) -> int:
 
 
 def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: int = 20, spacing=None,
-             embeddings=None, on_prompt=None, **session_kwargs) -> dict:
+             embeddings=None, on_prompt=None, click_rule: str = "area", **session_kwargs) -> dict:
     """Run the annotator protocol on one object (see the module docstring).
 
     Parameters
@@ -146,6 +160,7 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
     gt : bool mask of the object, the image's spatial shape.
     start : "click", "box" or "squiggle".
     max_clicks : correction clicks after the start prompt.
+    click_rule : which error the next click corrects, "area" or "ritm" (:func:`next_click`).
     spacing : pixel size per spatial axis for HD95 / MASD (default 1).
     on_prompt : called as ``on_prompt(session, mask)`` after each prompt, ``mask`` the bool (H, W) mask
         of the prompted slice (the edge refiner's training records the protocol's masks this way).
@@ -154,7 +169,8 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
     -------
     dict with ``dice`` and ``iou`` (lists: after the start prompt, then after each click; once the masks
     agree the last value is repeated), ``noc85`` / ``noc90`` (prompts needed to reach that IoU, the start
-    prompt counting 1; ``max_clicks + 2`` if never), ``hd95`` and ``masd`` (final mask), ``ms_per_prompt``.
+    prompt counting 1; ``max_clicks + 2`` if never), ``hd95`` and ``masd`` (final mask), ``ms_per_prompt``,
+    and ``area``, the object's pixels on the prompted slice.
     """
     from .session import Session
 
@@ -167,6 +183,8 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
         sp2 = None if spacing is None else tuple(spacing)[1:]
     if not gt2.any():
         raise ValueError("the ground-truth object is empty")
+    if click_rule not in CLICK_RULES:
+        raise ValueError(f"unknown click rule {click_rule!r}: use one of {', '.join(CLICK_RULES)}")
     from .embeddings import fill
 
     fill(s.store, s.embedder, [lead[0] if lead else 0])  # embed first: ms per prompt times the decoder path
@@ -192,7 +210,7 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
         raise ValueError(f"unknown start {start!r}: use click, box or squiggle")
     dices, ious = [dice(mask, gt2)], [iou(mask, gt2)]
     for _ in range(max_clicks):
-        click = next_click(gt2, mask)
+        click = next_click(gt2, mask, click_rule)
         if click is None:
             dices.append(dices[-1])
             ious.append(ious[-1])
@@ -206,20 +224,23 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
         return hit[0] + 1 if hit else max_clicks + 2
 
     return {"dice": dices, "iou": ious, "noc85": noc(0.85), "noc90": noc(0.90), "hd95": hd95(mask, gt2, sp2),
-            "masd": masd(mask, gt2, sp2), "ms_per_prompt": float(np.mean(times))}
+            "masd": masd(mask, gt2, sp2), "ms_per_prompt": float(np.mean(times)), "area": int(gt2.sum())}
 
 
-def evaluate(model, cases, *, start: str = "click", max_clicks: int = 20, progress=None, **session_kwargs) -> dict:
+def evaluate(model, cases, *, start: str = "click", max_clicks: int = 20, progress=None, click_rule: str = "area",
+             **session_kwargs) -> dict:
     """Run :func:`simulate` on every object of every case.
 
     ``cases``: iterable of ``(name, image, labels, spacing)``, labels an int array (0 = background).
     Returns ``{"objects": [...per object...], "mean": {...}}`` with mean Dice/IoU per click, mean NoC,
-    HD95, MASD and ms per prompt. ``session_kwargs`` (``modality``, ``window``, ...) go to each Session.
+    HD95, MASD and ms per prompt. ``click_rule`` goes to :func:`simulate`; ``session_kwargs``
+    (``modality``, ``window``, ...) go to each Session.
     """
     objects = []
     for name, image, labels, spacing in cases:
         for label in [v for v in np.unique(labels) if v != 0]:
-            r = simulate(model, image, labels == label, start=start, max_clicks=max_clicks, spacing=spacing, **session_kwargs)
+            r = simulate(model, image, labels == label, start=start, max_clicks=max_clicks, spacing=spacing,
+                         click_rule=click_rule, **session_kwargs)
             objects.append({"case": name, "label": int(label), **r})
             if progress is not None:
                 progress(len(objects))
@@ -231,7 +252,8 @@ def evaluate(model, cases, *, start: str = "click", max_clicks: int = 20, progre
         **{k: float(np.mean([o[k] for o in objects])) for k in ("noc85", "noc90", "ms_per_prompt")},
         **{k: float(np.median([o[k] for o in objects])) for k in ("hd95", "masd")},
     }
-    return {"model": model.name, "start": start, "max_clicks": max_clicks, "n_objects": len(objects),
+    return {"model": model.name, "start": start, "max_clicks": max_clicks, "click_rule": click_rule,
+            "n_objects": len(objects),
             "objects": objects, "mean": mean}
 
 

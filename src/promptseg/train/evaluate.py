@@ -2,11 +2,12 @@
 
 Protocol: ``promptseg evaluate``'s (:func:`promptseg.evaluate.evaluate`): a start prompt — one click at
 the object's innermost pixel, its exact bounding box, or a squiggle along its long axis — then 20
-correction clicks, each at the innermost pixel of the larger error region (positive in a missed region,
-negative in a false one), through ``Session.add_point`` so the previous logits are fed back. A 3D
-object is prompted on its largest slice. Reported per set and start: mean Dice after each prompt, the
-median after the first, NoC@85/90 (prompts to reach that IoU; 22 when never), whether the mean curve
-never falls.
+correction clicks, each at the innermost pixel of the larger error (positive in a missed region,
+negative in a false one; ``--click-rule`` says which is larger), through ``Session.add_point`` so the
+previous prediction is fed back. A 3D object is prompted on its largest slice. Reported per set and
+start: mean Dice after each prompt, the median after the first, NoC@85/90 (prompts to reach that IoU;
+22 when never), the share that never reaches IoU 0.9, NoC@90 by object size, whether the mean curve
+never falls; ``--objects`` writes every object's record.
 
 Held-out data (seeds never used in training):
 
@@ -116,25 +117,42 @@ def medical_set(n: int, dims: int, seed: int = 20_000_000, min_area: int = 30):
     return out
 
 
-def click_protocol(model, pairs, max_clicks: int = 20, **session_kwargs) -> dict:
-    """The protocol (module docstring) on (image, gt) pairs, per start: {start: {"dice": mean Dice after
-    the start prompt and each click, "median_first", "noc85", "noc90", "never_falls"}}."""
-    return {start: summary(_objects(model, pairs, start, max_clicks, session_kwargs)) for start in STARTS}
+def click_protocol(model, pairs, max_clicks: int = 20, click_rule: str = "area", **session_kwargs) -> dict:
+    """The protocol (module docstring) on (image, gt) pairs, per start: {start: :func:`summary`}."""
+    return {start: summary(_objects(model, pairs, start, max_clicks, dict(session_kwargs, click_rule=click_rule)))
+            for start in STARTS}
 
 
-def _objects(model, pairs, start: str, max_clicks: int, session_kwargs: dict) -> list[dict]:
-    """Per-object results of :func:`promptseg.evaluate.evaluate` from one start, in the order of ``pairs``."""
+_KEEP = ("dice", "noc85", "noc90", "ms_per_prompt", "area")  # what an object's record keeps
+
+
+def _objects(model, pairs, start: str, max_clicks: int, kwargs: dict) -> list[dict]:
+    """Per-object results of :func:`promptseg.evaluate.evaluate` from one start, in the order of ``pairs``
+    (``kwargs``: its ``click_rule`` and the Session's keywords)."""
     from ..evaluate import evaluate
 
     cases = [(f"case {i}", im, gt.astype(np.int32), None) for i, (im, gt) in enumerate(pairs)]
-    return evaluate(model, cases, start=start, max_clicks=max_clicks, **session_kwargs)["objects"]
+    return [{k: o[k] for k in _KEEP} for o in evaluate(model, cases, start=start, max_clicks=max_clicks, **kwargs)["objects"]]
+
+
+AREAS = ((0, 100, "under 100 px"), (100, 1000, "100-999 px"), (1000, None, "1000 px and more"))
 
 
 def summary(objects: list[dict]) -> dict:
-    """One start's figures over its objects (see :func:`click_protocol`)."""
+    """One start's figures over its objects: mean Dice after each prompt, the median after the first,
+    mean NoC@85/90, ``never90`` (the share of objects that never reach IoU 0.9), ``noc90_by_area`` ({band
+    of :data:`AREAS`: [objects, their mean NoC@90]}, the area on the prompted slice), whether the mean
+    curve never falls, ms per prompt."""
     d = np.mean([o["dice"] for o in objects], axis=0).tolist()
+    noc90 = np.array([o["noc90"] for o in objects], float)
+    area = np.array([o["area"] for o in objects])
+    bands = {}
+    for lo, hi, name in AREAS:
+        m = (area >= lo) & (area < (hi or np.inf))
+        bands[name] = [int(m.sum()), round(float(noc90[m].mean()), 2) if m.any() else None]
     return {"dice": [round(v, 4) for v in d], "median_first": float(np.median([o["dice"][0] for o in objects])),
             **{k: float(np.mean([o[k] for o in objects])) for k in ("noc85", "noc90")},
+            "never90": round(float(np.mean(noc90 == len(d) + 1)), 4), "noc90_by_area": bands,
             "never_falls": bool(np.all(np.diff(d) >= -1e-9)),
             "ms_per_prompt": float(np.mean([o["ms_per_prompt"] for o in objects]))}
 
@@ -142,42 +160,35 @@ def summary(objects: list[dict]) -> dict:
 _WORKER = {}  # per worker process of run(workers=N): the model and the held-out sets, made once
 
 
-def _start_worker(load, session_kwargs: dict, counts: tuple) -> None:
+def _start_worker(load, kwargs: dict, counts: tuple) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _WORKER.update(model=load(), sets=heldout(*counts), kwargs=session_kwargs)
+    _WORKER.update(model=load(), sets=heldout(*counts), kwargs=kwargs)
 
 
 def _work(name: str, start: str, idx: list[int]) -> list[dict]:
     pairs = [_WORKER["sets"][name][i] for i in idx]
-    return [{k: o[k] for k in ("dice", "noc85", "noc90", "ms_per_prompt")}
-            for o in _objects(_WORKER["model"], pairs, start, 20, _WORKER["kwargs"])]
+    return _objects(_WORKER["model"], pairs, start, 20, _WORKER["kwargs"])
 
 
-def _run_parallel(load, workers: int, sets: dict, counts: tuple, session_kwargs: dict) -> dict:
-    """:func:`run`'s per-set reports with the objects shared among ``workers`` processes, each loading the
-    model with ``load()`` (a picklable callable): the same figures as one process gives."""
+def _run_parallel(load, workers: int, sets: dict, counts: tuple, kwargs: dict) -> dict:
+    """{set: {start: per-object records}} with the objects shared among ``workers`` processes, each
+    loading the model with ``load()`` (a picklable callable): the same records as one process gives."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     jobs = {(name, start, j): list(range(j, len(pairs), workers))
             for name, pairs in sets.items() for start in STARTS for j in range(min(workers, len(pairs)))}
     ctx = multiprocessing.get_context("spawn")  # a fork of a process that has run torch can hang
-    with ProcessPoolExecutor(workers, ctx, initializer=_start_worker, initargs=(load, session_kwargs, counts)) as pool:
+    with ProcessPoolExecutor(workers, ctx, initializer=_start_worker, initargs=(load, kwargs, counts)) as pool:
         done = {key: pool.submit(_work, key[0], key[1], idx) for key, idx in jobs.items()}
         results = {key: f.result() for key, f in done.items()}
-    report = {}
-    for name, pairs in sets.items():
-        report[name] = {}
-        for start in STARTS:
-            objs = [None] * len(pairs)
-            for key, idx in jobs.items():
-                if key[:2] == (name, start):
-                    for i, o in zip(idx, results[key]):
-                        objs[i] = o
-            report[name][start] = summary(objs)
-    return report
+    records = {name: {start: [None] * len(pairs) for start in STARTS} for name, pairs in sets.items()}
+    for key, idx in jobs.items():
+        for i, o in zip(idx, results[key]):
+            records[key[0]][key[1]][i] = o
+    return records
 
 
 def heldout(n_generic: int = 100, n_medical_2d: int = 60, n_medical_3d: int = 12) -> dict:
@@ -187,25 +198,31 @@ def heldout(n_generic: int = 100, n_medical_2d: int = 60, n_medical_3d: int = 12
             "medical_3d": medical_set(n_medical_3d, 3), "coins": [(im, lab == k) for k in range(1, lab.max() + 1)]}
 
 
+SYNTHETIC = ("generic_2d", "medical_2d", "medical_3d")  # pooled as "all_synthetic"
+
+
 def run(model, png: str | None = None, workers: int = 1, load=None, counts: tuple = (100, 60, 12),
-        **session_kwargs) -> dict:
+        click_rule: str = "area", objects: dict | None = None, **session_kwargs) -> dict:
     """The protocol on every held-out set (``counts``: the generic, CT-/MRI-like 2D and 3D sets' sizes), plus
     the synthetic sets pooled (``all_synthetic``); optionally draw the coins' one-click and box masks to
     ``png``. With ``workers`` > 1 the objects are shared among that many processes, each loading the model
-    with ``load()`` (a picklable callable; ``model`` is then needed only for ``png``)."""
+    with ``load()`` (a picklable callable; ``model`` is then needed only for ``png``). ``click_rule``: see
+    :func:`promptseg.evaluate.next_click`. A dict given as ``objects`` receives the per-object records,
+    {set: {start: [{"dice", "noc85", "noc90", "ms_per_prompt", "area"}, ...]}}."""
     t0 = time.perf_counter()
     sets = heldout(*counts)
+    kwargs = dict(session_kwargs, click_rule=click_rule)
     if workers > 1:
-        report = _run_parallel(load, workers, sets, counts, session_kwargs)
+        records = _run_parallel(load, workers, sets, counts, kwargs)
     else:
-        report = {name: click_protocol(model, pairs, **session_kwargs) for name, pairs in sets.items()}
-    n = {name: len(sets[name]) for name in ("generic_2d", "medical_2d", "medical_3d")}
-    report["all_synthetic"] = {start: {
-        key: (np.sum([np.asarray(report[k][start][key]) * n[k] for k in n], axis=0) / sum(n.values())).round(4).tolist()
-        for key in ("dice", "noc85", "noc90")} for start in STARTS}
-    for start in STARTS:
-        report["all_synthetic"][start]["never_falls"] = bool(np.all(np.diff(report["all_synthetic"][start]["dice"]) >= -1e-9))
+        records = {name: {start: _objects(model, pairs, start, 20, kwargs) for start in STARTS}
+                   for name, pairs in sets.items()}
+    records["all_synthetic"] = {start: [o for name in SYNTHETIC for o in records[name][start]] for start in STARTS}
+    report = {name: {start: summary(objs) for start, objs in per.items()} for name, per in records.items()}
+    report["click_rule"] = click_rule
     report["seconds"] = time.perf_counter() - t0
+    if objects is not None:
+        objects.update({name: per for name, per in records.items() if name != "all_synthetic"})
     if png:
         im, lab = coins_labels()
         _draw(im, lab, [evaluate_object(model, im, lab == k, session_kwargs=session_kwargs) for k in range(1, lab.max() + 1)], png)
@@ -260,7 +277,7 @@ def _load(spec: dict, checkpoint: str, honour: bool):
     return model
 
 
-if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [--zoom off] [--edges off] [--honour off] [--png P] [--json J] [--workers N]
+if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONFIG [--workers N] [--json J] [--objects O] ...
     import argparse
 
     import torch
@@ -276,6 +293,9 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
                     help="the refiner honours every click (PromptModel.honour_clicks; default on)")
     ap.add_argument("--png", help="draw the coins' one-click and box masks here")
     ap.add_argument("--json", help="write the report here as well")
+    ap.add_argument("--objects", help="write every object's record here (JSON: set, start, index -> Dice per prompt, NoC, area)")
+    ap.add_argument("--click-rule", choices=["area", "ritm"], default="area",
+                    help="which error a correction click goes to (promptseg.evaluate.next_click; default area)")
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the objects (one thread each)")
     ap.add_argument("--counts", default="100,60,12", help="sizes of the generic, CT-/MRI-like 2D and 3D sets")
     args = ap.parse_args()
@@ -296,8 +316,17 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
     load = partial(_load, spec, args.checkpoint, args.honour == "on")
     model = load() if args.workers <= 1 or args.png else None
     counts = tuple(int(v) for v in args.counts.split(","))
-    report = run(model, png=args.png, workers=args.workers, load=load, counts=counts, edges=args.edges == "on")
+    records = {}
+    report = run(model, png=args.png, workers=args.workers, load=load, counts=counts, click_rule=args.click_rule,
+                 objects=records, edges=args.edges == "on")
     text = json.dumps(report, indent=1)
+    if args.objects:
+        for per in records.values():
+            for objs in per.values():
+                for o in objs:
+                    o.update(dice=[round(v, 4) for v in o["dice"]], ms_per_prompt=round(o["ms_per_prompt"], 1))
+        with open(args.objects, "w") as f:
+            json.dump(records, f)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text)
