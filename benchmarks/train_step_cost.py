@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from promptseg.train import trainer
-from promptseg.train.draws import draw
+from promptseg.train.episodes import draw_step
 
 # functions whose cumulative time is the step's host-side episode work (see promptseg.train.episodes);
 # with device_episodes, "correct", "feed_back" and "prompts" are promptseg.train.lockstep's batched ones
@@ -55,10 +55,12 @@ def main() -> None:
     ap.add_argument("--episodes", choices=["host", "device"], default="host",
                     help="batched_episodes (host) or device_episodes (promptseg.train.lockstep)")
     ap.add_argument("--init", default="weights/promptseg_cnn_s.pt", help="weights to start from ('' for none)")
+    ap.add_argument("--prompts", choices=["config", "main", "workers"], default="config",
+                    help="draw the first prompts in the main process or with the images (prompts_in_workers)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = trainer.load_config(a.config)
-    t, size = cfg["train"], cfg["model"]["image_size"]
+    t = cfg["train"]
     sam = trainer.build_model(cfg)
     if a.init:
         state, _ = trainer._carry(sam, torch.load(a.init, map_location="cpu", weights_only=True))
@@ -66,12 +68,14 @@ def main() -> None:
     sam.to(a.device).train()
     opt = torch.optim.AdamW(sam.parameters(), lr=1e-6)
     cfg["train"].update(batched_episodes=True, device_episodes=a.episodes == "device")
+    if a.prompts != "config":
+        cfg["train"]["prompts_in_workers"] = a.prompts == "workers"
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     rows = []
     for step in range(a.steps + 1):
         rng = np.random.default_rng([t["seed"], step])
         t0 = time.perf_counter()
-        batch = [draw(rng, size, cfg) for _ in range(t["batch_size"])]
+        batch = draw_step(rng, step, cfg)  # (with prompts_in_workers, the first prompts too)
         t_draw = time.perf_counter() - t0
         prof = cProfile.Profile()
         sync()
@@ -92,7 +96,8 @@ def main() -> None:
     med = lambda xs: float(np.median(xs))  # noqa: E731
     print(f"config {a.config}: batch {t['batch_size']} images x {t['objects_per_image']} objects, "
           f"up to {cfg['prompts']['max_corrections']} corrections (p {cfg['prompts']['p_correct']}); "
-          f"{a.episodes} episodes; device {a.device}, {a.threads} thread(s); median of {len(keep)} steps")
+          f"{a.episodes} episodes; first prompts drawn {'with the images' if t['prompts_in_workers'] else 'in the main process'}; "
+          f"device {a.device}, {a.threads} thread(s); median of {len(keep)} steps")
     print(f"  drawing the batch in one process: {med([r[0] for r in keep]):.2f} s "
           f"({med([r[0] for r in keep]) / t['batch_size'] * 1000:.0f} ms per image)")
     print(f"  the step in the main process:     {med([r[1] for r in keep]):.2f} s")

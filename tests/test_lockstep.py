@@ -135,3 +135,85 @@ def test_a_run_with_device_episodes_trains_and_saves(tmp_path):
     bad.write_text(TINY.replace("threads = 2", "threads = 2\ndevice_episodes = true\nclick_weight = 0.5"))
     with pytest.raises(ValueError, match="click_weight"):
         trainer.train(bad, tmp_path / "bad")
+
+
+def _cfg(**prompts):
+    cfg = {s: dict(v) for s, v in trainer.DEFAULTS.items()}
+    cfg["model"]["image_size"] = 64
+    cfg["data"].update(min_area=10, p_medical=0.3)
+    cfg["prompts"].update(PROMPTS, **prompts)
+    cfg["train"].update(batch_size=6, objects_per_image=2, device_episodes=True, prompts_in_workers=True)
+    return cfg
+
+
+def _same_items(a, b):
+    assert len(a) == len(b)
+    for (ba, ma, pa, fa), (bb, mb, pb, fb) in zip(a, b):
+        assert ba == bb and np.array_equal(ma, mb)
+        assert (pa is None) == (pb is None) and (isinstance(pa, str) == isinstance(pb, str))
+        assert pa is None or isinstance(pa, str) or np.array_equal(np.asarray(pa), np.asarray(pb))
+        assert (fa is None) == (fb is None) and (fa is None or np.array_equal(fa, fb))
+
+
+def test_prompts_drawn_with_the_images_are_those_the_main_process_draws():
+    """``prompts_in_workers``: :func:`episodes.prepare`, run where a batch is drawn, draws the objects,
+    first mask inputs, first prompts and Episodes that the main process would draw from the same
+    generator (on a batch without zoom windows, whose first inputs need the model)."""
+    from promptseg.train.draws import draw
+    from promptseg.train.episodes import prepare
+
+    cfg = _cfg(p_prior_full=0.5, p_correct=0.8)
+    batch = [draw(np.random.default_rng([3, i]), 64, cfg) for i in range(6)]
+    items, eps = prepare(np.random.default_rng(11), batch, cfg)
+    rng = np.random.default_rng(11)  # the main process's draws, as step_loss and lockstep.run make them
+    want = [(b, lab == k, *trainer.first_input(rng, lab, k, src, cfg["prompts"], 64, 16, None))
+            for b, (_, lab, ids, src) in enumerate(batch) for k in rng.choice(ids, size=min(len(ids), 2), replace=False)]
+    _same_items(items, want)
+    assert any(p is not None for _, _, p, _ in items)  # (some start from a coarse mask to correct)
+    assert all(p is None or isinstance(p, np.ndarray) for _, _, p, _ in items)  # (arrays: no tensors leave a worker)
+    for ep, (_, mask, prior, first) in zip(eps, want):
+        other = Episode(rng, mask, cfg["prompts"], prior, first)
+        assert np.array_equal(ep.rc, other.rc) and ep.flags == other.flags and ep.n_rounds == other.n_rounds
+        assert (ep.box is None and other.box is None) or np.array_equal(ep.box, other.box)
+
+
+def test_a_zoom_window_drawn_in_a_worker_starts_from_the_models_own_mask():
+    from promptseg.train.draws import LATER, Window, draw
+    from promptseg.train.episodes import StepData
+
+    cfg = _cfg(p_prior=1.0, p_self_prior=1.0)
+    cfg["data"]["p_zoom"] = 1.0
+    cfg["train"]["steps"] = 2
+    batch, items, eps = StepData(draw, cfg, 0)[1]
+    again = StepData(draw, cfg, 1)[0]  # step 1 again, as a resumed run draws it: the same episodes
+    _same_items(items, again[1])
+    window = [isinstance(batch[b][3], Window) for b, *_ in items]  # (a window that does not fit: a whole scene)
+    assert sum(window) >= 6 and all(ep.prev is None for ep in eps)
+    assert [isinstance(p, str) and p == LATER for _, _, p, _ in items] == window
+    sam = _sam()
+    with torch.no_grad():
+        own = trainer._own_priors(sam, batch, np.random.default_rng(5), 64, "cpu")
+        made, eps = trainer._own_later(sam, [items, eps], batch, np.random.default_rng(5), 64, 16, "cpu")
+    for (b, _, prior, _), ep, win in zip(made, eps, window):
+        if win:
+            assert ep.prev is prior and prior.shape == (1, 1, 16, 16)
+            if own[b].any():  # (an empty own mask is replaced by a coarse one)
+                assert torch.equal(prior, trainer.as_prior(own[b], 64, 16))
+        else:
+            assert prior is None and ep.prev is None
+    assert any(own[b].any() for b in own)
+
+
+def test_a_run_with_prompts_drawn_in_workers_trains_and_a_config_without_batched_episodes_is_refused(tmp_path):
+    cfg_path = tmp_path / "w.toml"
+    text = TINY.replace("decoder_mlp_dim = 64}", "decoder_mlp_dim = 64, strokes = true}")
+    cfg_path.write_text(text.replace("threads = 2", "threads = 2\nbatched_episodes = true\nprompts_in_workers = true\n"
+                                     "data_workers = 2").replace("min_area = 10", "min_area = 10\np_zoom = 0.5")
+                        + "[prompts]\np_correct = 0.9\nmax_corrections = 2\np_prior = 0.9\np_self_prior = 0.7\n")
+    trainer.train(cfg_path, tmp_path / "run")
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 3 and all(np.isfinite(r["loss"]) for r in logs)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY.replace("threads = 2", "threads = 2\nprompts_in_workers = true"))
+    with pytest.raises(ValueError, match="prompts_in_workers needs device_episodes or batched_episodes"):
+        trainer.load_config(bad)

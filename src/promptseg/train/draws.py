@@ -165,6 +165,8 @@ def first_input(rng: np.random.Generator, labels: np.ndarray, k: int, src, pr: d
     (:class:`Neighbour`) always the previous slice's coarse mask, and what ``propagate_carry`` says
     carries it: ``"click"``, its innermost pixel ((1, 2)); ``"squiggle"``, the stroke along its long
     axis that :func:`promptseg.volume.propagate` gives ((n, 2), :func:`promptseg.evaluate.squiggle`).
+    ``own`` may be :data:`LATER` (a data worker has no model): the answer is then ``(LATER, None)``
+    where the model's own mask is chosen, and the main process makes it.
     """
     first = None
     if isinstance(src, Neighbour):
@@ -175,8 +177,18 @@ def first_input(rng: np.random.Generator, labels: np.ndarray, k: int, src, pr: d
             first = np.asarray(innermost(m), float)[None]
     elif not chance(rng, pr["p_prior"] if src is not None else pr["p_prior_full"]):
         return None, None
-    elif own is not None and own.any() and chance(rng, pr["p_self_prior"]):
+    elif own is not None and (isinstance(own, str) or own.any()) and chance(rng, pr["p_self_prior"]):
+        if isinstance(own, str):  # (LATER: drawn in a data worker, which has no model)
+            return LATER, None
         m = own
     else:
         m = P.coarse_mask(rng, labels, k, src.magnification if src is not None else 1.0)
-    return torch.from_numpy(Frame(m.shape, m.shape, size).mask_to_lowres(m, lowres))[None], first
+    return as_prior(m, size, lowres), first
+
+
+LATER = "own"  # first_input's ``own`` in a data worker, and its answer there when the model's mask is to be used
+
+
+def as_prior(mask: np.ndarray, size: int, lowres: int) -> torch.Tensor:
+    """A full-view bool (h, w) mask as an episode's first ``mask_input``: (1, 1, L, L) logits."""
+    return torch.from_numpy(Frame(mask.shape, mask.shape, size).mask_to_lowres(mask, lowres))[None]

@@ -163,7 +163,8 @@ def decode_tokens(sam, emb: torch.Tensor, tokens: torch.Tensor, dense: torch.Ten
 class StepData(torch.utils.data.Dataset):
     """Item ``k``: step ``k``'s ``batch_size`` images, drawn with ``np.random.default_rng([seed, k, 1])``.
 
-    ``draw(rng, size, cfg)`` makes one image (:func:`.draws.draw`); items are lists of its results.
+    ``draw(rng, size, cfg)`` makes one image (:func:`.draws.draw`); items are lists of its results, or
+    with ``prompts_in_workers`` (that list, *:func:`prepare`'s items and episodes), drawn with ``[seed, k, 2]``.
     """
 
     def __init__(self, draw, cfg: dict, start: int):
@@ -172,10 +173,50 @@ class StepData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.cfg["train"]["steps"] - self.start
 
-    def __getitem__(self, i: int) -> list:
+    def __getitem__(self, i: int):
         t = self.cfg["train"]
         rng = np.random.default_rng([t["seed"], self.start + i, 1])
-        return [self.draw(rng, self.cfg["model"]["image_size"], self.cfg) for _ in range(t["batch_size"])]
+        batch = [self.draw(rng, self.cfg["model"]["image_size"], self.cfg) for _ in range(t["batch_size"])]
+        if t["prompts_in_workers"]:
+            return batch, *prepare(np.random.default_rng([t["seed"], self.start + i, 2]), batch, self.cfg)
+        return batch
+
+
+def draw_step(rng: np.random.Generator, step: int, cfg: dict):
+    """Step ``step``'s batch drawn in the main process with ``rng`` (no data workers): what a
+    :class:`StepData` item holds, a list of :func:`.draws.draw` results or with ``prompts_in_workers``
+    that list and :func:`prepare`'s items and episodes."""
+    from .draws import draw
+
+    t, size = cfg["train"], cfg["model"]["image_size"]
+    batch = [draw(rng, size, cfg) for _ in range(t["batch_size"])]
+    if t["prompts_in_workers"]:
+        return batch, *prepare(np.random.default_rng([t["seed"], step, 2]), batch, cfg)
+    return batch
+
+
+def prepare(rng: np.random.Generator, batch: list, cfg: dict) -> tuple[list, list]:
+    """A step's episodes, drawn where its images were (``prompts_in_workers``): for each image of
+    ``batch`` (:func:`.draws.draw` results) ``objects_per_image`` of its objects, each with its first
+    mask input and first prompt (:func:`.draws.first_input`) and its :class:`Episode`.
+
+    Returns (items, episodes): items as :func:`.lockstep.run` takes them, (image index, bool mask, prior
+    logits or None, first prompt or None), but with each prior a float32 array (1, 1, L, L) or, where the
+    first input is to be the model's own mask, :data:`.draws.LATER`. The main process makes them tensors
+    and the Episodes' ``prev`` (:func:`.trainer.step_loss`): many small tensors sent from a worker
+    would each hold a file descriptor.
+    """
+    from .draws import LATER, Window, first_input
+
+    t, pr, size = cfg["train"], cfg["prompts"], cfg["model"]["image_size"]
+    items = []  # (drawn in the order step_loss draws them in the main process, then the Episodes)
+    for b, (_, labels, ids, src) in enumerate(batch):
+        own = LATER if isinstance(src, Window) and pr["p_self_prior"] > 0 else None
+        for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False):
+            prior, first = first_input(rng, labels, k, src, pr, size, size // 4, own)
+            items.append((b, labels == k, prior.numpy() if torch.is_tensor(prior) else prior, first))
+    eps = [Episode(rng, mask, pr, None, first) for _, mask, _, first in items]
+    return items, eps
 
 
 def as_is(item):

@@ -237,17 +237,19 @@ def _spread(path: torch.Tensor, n: torch.Tensor, spacing: torch.Tensor, region: 
     return pts, keep
 
 
-def run(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict, gen: torch.Generator):
+def run(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict, gen: torch.Generator, eps=None):
     """All episodes of a step (``items`` as for ``trainer._episodes_batched``: image row, bool mask, prior
-    logits or None, first prompt or None) on the device; returns the summed loss terms (tensors),
-    the final masks' IoUs (list of float) and the number of episodes."""
+    logits or None, first prompt or None; ``eps`` their Episodes when already drawn) on the device;
+    returns the summed loss terms (tensors), the final masks' IoUs (list of float) and the number of
+    episodes."""
     t, pr = cfg["train"], cfg["prompts"]
     if t["click_weight"] > 0:
         raise ValueError("click_weight is not supported with device_episodes; use batched_episodes")
     size = sam.image_encoder.img_size
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
     dev, pe = emb.device, sam.prompt_encoder
-    eps = [Episode(rng, mask, pr, prior, first) for _, mask, prior, first in items]
+    if eps is None:
+        eps = [Episode(rng, mask, pr, prior, first) for _, mask, prior, first in items]
     st = Lockstep(eps, torch.as_tensor([it[0] for it in items]), size, lowres, pr["max_corrections"], dev)
     full = t["fullres_loss"]
     target = st.gt.float() if full else F.avg_pool2d(st.gt.float()[:, None], size // lowres)[:, 0]

@@ -38,8 +38,8 @@ from .. import zoom
 from ..models.build import build_sam
 from . import lockstep
 from . import prompts as P
-from .draws import Window, draw, first_input
-from .episodes import Episode, StepData, as_is, decode_batch, losses
+from .draws import Window, as_prior, draw, first_input
+from .episodes import Episode, StepData, as_is, decode_batch, draw_step, losses
 
 DEFAULTS = {
     "model": {"arch": "cnn_small", "image_size": 256, "arch_kwargs": {}, "init": "",
@@ -55,7 +55,7 @@ DEFAULTS = {
               "weight_decay": 0.01, "warmup_steps": 100, "grad_clip": 1.0, "focal_weight": 20.0, "focal_gamma": 2.0,
               "iou_weight": 1.0, "checkpoint_every": 200, "log_every": 10, "threads": 1, "trainable": [],
               "device": "cpu", "data_workers": 0, "batched_episodes": False, "fullres_loss": False,
-              "click_weight": 0.0, "device_episodes": False},
+              "click_weight": 0.0, "device_episodes": False, "prompts_in_workers": False},
 }
 
 
@@ -75,6 +75,9 @@ def load_config(path) -> dict:
     if cfg["prompts"]["propagate_carry"] not in ("click", "squiggle"):  # a typo would train on clicks silently
         raise ValueError(f"{path}: propagate_carry must be \"click\" or \"squiggle\", "
                          f"not {cfg['prompts']['propagate_carry']!r}")
+    t = cfg["train"]
+    if t["prompts_in_workers"] and not (t["device_episodes"] or t["batched_episodes"]):
+        raise ValueError(f"{path}: prompts_in_workers needs device_episodes or batched_episodes")
     return cfg
 
 
@@ -98,11 +101,12 @@ def _to_input(sam, images, dev) -> torch.Tensor:
     return torch.cat([sam.preprocess(torch.from_numpy(im).permute(2, 0, 1).float()[None].to(dev)) for im in images])
 
 
-def _own_priors(sam, batch: list, rng: np.random.Generator, size: int, dev) -> dict:
-    """The model's own full-view prediction of each zoom window's object — a lone click, the best of
-    three masks by predicted IoU, as a Session's first prompt — cut to the window and enlarged as it
-    was: {batch index: bool (h, w)}. What the Session's zoom starts from, so training sees it too."""
-    idx = [b for b, item in enumerate(batch) if isinstance(item[3], Window)]
+def _own_priors(sam, batch: list, rng: np.random.Generator, size: int, dev, only=None) -> dict:
+    """The model's own full-view prediction of each zoom window's object (of those in ``only`` if given)
+    — a lone click, the best of three masks by predicted IoU, as a Session's first prompt — cut to the
+    window and enlarged as it was: {batch index: bool (h, w)}. What the Session's zoom starts from, so
+    training sees it too."""
+    idx = [b for b, item in enumerate(batch) if isinstance(item[3], Window) and (only is None or b in only)]
     if not idx:
         return {}
     pe, srcs = sam.prompt_encoder, [batch[b][3] for b in idx]
@@ -183,17 +187,38 @@ def _feed_back(ep: Episode, low, iou_pred, multimask: bool, size: int) -> np.nda
     return up[: ep.mask.shape[0], : ep.mask.shape[1]].cpu().numpy()
 
 
-def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict):
+def _own_later(sam, prepared: list, batch: list, rng: np.random.Generator, size: int, lowres: int, dev):
+    """:func:`.episodes.prepare`'s (items, episodes) with their first inputs made tensors (and the
+    Episodes' ``prev``): the worker's arrays, and for each :data:`.draws.LATER` the model's own full-view
+    mask (:func:`_own_priors`), or a coarse one where that mask is empty."""
+    items, eps = prepared
+    if lowres != size // 4:
+        raise ValueError(f"prompts_in_workers assumes masks of a quarter of the input side, not {lowres} of {size}")
+    own = _own_priors(sam, batch, rng, size, dev, only={b for b, _, prior, _ in items if isinstance(prior, str)})
+    for i, (b, mask, prior, first) in enumerate(items):
+        if isinstance(prior, str):
+            src = batch[b][3]
+            prior = as_prior(own[b] if own[b].any() else P.coarse_mask(rng, src.labels, src.k, src.magnification),
+                             size, lowres)
+        elif prior is not None:
+            prior = torch.from_numpy(prior)
+        items[i] = (b, mask, prior, first)
+        eps[i].prev = prior
+    return items, eps
+
+
+def _episodes_batched(sam, emb: torch.Tensor, items: list, rng: np.random.Generator, cfg: dict, eps=None):
     """All episodes of a step in lockstep, one batched decoder call per round (:func:`decode_batch`).
 
     ``items``: (image index into ``emb``, bool mask, prior logits or None, first click or None) per
-    episode. Returns summed terms, IoUs, count.
+    episode; ``eps`` their Episodes when already drawn. Returns summed terms, IoUs, count.
     """
     t = cfg["train"]
     size = sam.image_encoder.img_size
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
     dev, pe = emb.device, sam.prompt_encoder
-    eps = [Episode(rng, mask, cfg["prompts"], prior, first) for _, mask, prior, first in items]
+    if eps is None:
+        eps = [Episode(rng, mask, cfg["prompts"], prior, first) for _, mask, prior, first in items]
     targets = [_target(mask, size, lowres, t, dev) for _, mask, *_ in items]
     active, r = list(range(len(eps))), 0  # the episodes that go on to round r
     total, ious = dict.fromkeys(TERMS, 0.0), []
@@ -234,27 +259,33 @@ def _save(sam, opt, step: int, out: Path, carried: dict | None = None) -> None:
     (out / "train_state.pt.tmp").replace(out / "train_state.pt")
 
 
-def step_loss(sam, batch: list, rng: np.random.Generator, cfg: dict, step: int, dev, encoder_frozen: bool = False):
-    """Step ``step``'s loss on its drawn ``batch`` (:func:`.draws.draw` results): the images embedded (with
-    no gradient for a frozen encoder), the objects' episodes run one at a time, batched, or on the device
-    as ``[train]`` says, and their terms weighed. Returns the loss, the summed terms, every round's IoU
-    and the number of episodes."""
+def step_loss(sam, batch, rng: np.random.Generator, cfg: dict, step: int, dev, encoder_frozen: bool = False):
+    """Step ``step``'s loss on its drawn ``batch`` (:func:`.draws.draw` results; with ``prompts_in_workers``
+    (batch, items, episodes), see :func:`.episodes.draw_step`): the images embedded (with no gradient for a frozen
+    encoder), the objects' episodes run one at a time, batched, or on the device as ``[train]`` says, and
+    their terms weighed. Returns the loss, the summed terms, every round's IoU and the number of episodes."""
     t, size = cfg["train"], cfg["model"]["image_size"]
+    if t["prompts_in_workers"]:
+        batch, *prepared = batch
     with torch.set_grad_enabled(not encoder_frozen):
         emb = sam.image_encoder(_to_input(sam, [im for im, *_ in batch], dev))
     terms = dict.fromkeys(TERMS, 0.0)
     ious, n = [], 0
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
-    own = _own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
-    items = [(b, labels == k, *first_input(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
-             for b, (_, labels, ids, src) in enumerate(batch)
-             for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
+    if t["prompts_in_workers"]:  # drawn with the images (episodes.prepare); the model's own masks are made here
+        items, eps = _own_later(sam, prepared, batch, rng, size, lowres, dev)
+    else:
+        own = _own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
+        items = [(b, labels == k, *first_input(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
+                 for b, (_, labels, ids, src) in enumerate(batch)
+                 for k in rng.choice(ids, size=min(len(ids), t["objects_per_image"]), replace=False)]
+        eps = None
     if t["device_episodes"]:  # every episode's prompts, corrections and loss as tensors on the device
         gen = torch.Generator(device=dev)
         gen.manual_seed(t["seed"] * 1_000_003 + step)
-        terms, ious, n = lockstep.run(sam, emb, items, rng, cfg, gen)
+        terms, ious, n = lockstep.run(sam, emb, items, rng, cfg, gen, eps)
     elif t["batched_episodes"]:
-        terms, ious, n = _episodes_batched(sam, emb, items, rng, cfg)
+        terms, ious, n = _episodes_batched(sam, emb, items, rng, cfg, eps)
     else:
         for b, mask, prior, first in items:
             tot, iu = _episode(sam, emb[b:b + 1], mask, rng, cfg, prior, first)
@@ -317,7 +348,6 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         state = torch.load(out / "train_state.pt", map_location=dev, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
-    size = cfg["model"]["image_size"]
     t0 = time.monotonic()
     step = start
     log = open(out / "log.jsonl", "a")
@@ -333,7 +363,7 @@ def train(config_path, out_dir, resume: bool = True, max_minutes: float | None =
         lr = lr_at(step, t)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = next(loader) if loader is not None else [draw(rng, size, cfg) for _ in range(t["batch_size"])]
+        batch = next(loader) if loader is not None else draw_step(rng, step, cfg)
         loss, terms, ious, n = step_loss(sam, batch, rng, cfg, step, dev, encoder_frozen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
