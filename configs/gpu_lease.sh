@@ -7,7 +7,8 @@
 #     donfig==0.8.1.post1 google-crc32c==1.9.0 pooch==1.9.0 platformdirs==4.14.9
 # (pooch: scikit-image's data module imports it, for the coins of the evaluation)
 # then: run(command="bash configs/gpu_lease.sh", carry=[".whl"], timeout_s=600), and give_back.
-# It writes to $OUT: gpu.txt, step_cost.txt (a step's time with the episodes on the host and on the GPU),
+# It writes to $OUT: gpu.txt, step_cost.txt (a step's time with the episodes on the GPU; on the host too
+# if those fail, and then it trains with the host's),
 # train.log, log.jsonl and v27.pt (the weights, the refiner carried), within TRAIN_MIN + about 1.5
 # minutes. Device time is what a task lacks: evaluate v27.pt afterwards, here, with
 # `python -m promptseg.train.evaluate v27.pt configs/default_v27_gpu.toml --workers 2`, or set EVAL=1 to
@@ -34,21 +35,21 @@ export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 (nvidia-smi 2>&1 || true; "$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available())") > "$OUT/gpu.txt"
 
 cfg=configs/default_v27_gpu.toml
-for how in host device; do
-    "$PY" benchmarks/train_step_cost.py "$cfg" --device "$DEVICE" --threads 4 --episodes "$how" --steps 2 \
-        >> "$OUT/step_cost.txt" 2>&1
-done
-cat "$OUT/step_cost.txt"
+cost() { "$PY" benchmarks/train_step_cost.py "$cfg" --device "$DEVICE" --threads 4 --episodes "$1" --steps 2 \
+    >> "$OUT/step_cost.txt" 2>&1; }
 # the steps that fit TRAIN_MIN at the measured speed: the main process's step (device episodes) or the
 # data workers' drawing of a batch, whichever is slower
 step_of() { awk "/$1 episodes/{d=1} d && /the step in the main process/{print \$(NF-1); exit}" "$OUT/step_cost.txt"; }
+cost device
 step_s=$(step_of device)
 fallback=()
-if [ -z "$step_s" ]; then  # the device episodes failed on this machine: train with the host's instead
+if [ -z "$step_s" ]; then  # the device episodes failed on this machine: measure and train with the host's
     echo "device episodes failed (step_cost.txt): training with batched_episodes"
+    cost host
     step_s=$(step_of host)
     fallback=(-e "s/^device_episodes = true/batched_episodes = true/")
 fi
+cat "$OUT/step_cost.txt"
 draw_s=$(awk '/drawing the batch/{print $(NF-5); exit}' "$OUT/step_cost.txt")
 workers=$(awk -F'= *' '/^data_workers/{print $2}' "$cfg")
 steps=$("$PY" -c "print(max(20, int($TRAIN_MIN * 60 / (1.15 * max(${step_s:-10}, ${draw_s:-1} / ${workers:-1})))))")
