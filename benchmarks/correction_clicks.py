@@ -40,9 +40,11 @@ def _start() -> None:
 
 def _plane(image, gt):
     """A 3D object's largest slice (the protocol prompts there); 2D as it is."""
+    from promptseg.evaluate import _largest_slice
+
     if gt.ndim == 2:
         return image, gt
-    z = int(np.argmax(gt.reshape(len(gt), -1).sum(axis=1)))
+    z = _largest_slice(gt)
     return image[z], gt[z]
 
 

@@ -193,7 +193,7 @@ def test_a_zoom_window_drawn_in_a_worker_starts_from_the_models_own_mask():
     sam = _sam()
     with torch.no_grad():
         own = trainer._own_priors(sam, batch, np.random.default_rng(5), 64, "cpu")
-        made, eps = trainer._own_later(sam, [items, eps], batch, np.random.default_rng(5), 64, 16, "cpu")
+        made, eps = trainer._own_later(sam, items, eps, batch, np.random.default_rng(5), 64, 16, "cpu")
     for (b, _, prior, _), ep, win in zip(made, eps, window):
         if win:
             assert ep.prev is prior and prior.shape == (1, 1, 16, 16)

@@ -104,6 +104,11 @@ def _peak(dist: np.ndarray) -> tuple[float, ...]:
 CLICK_RULES = ("area", "ritm")
 
 
+def _check_rule(rule: str) -> None:
+    if rule not in CLICK_RULES:
+        raise ValueError(f"unknown click rule {rule!r}: use one of {', '.join(CLICK_RULES)}")
+
+
 def next_click(gt: np.ndarray, pred: np.ndarray, rule: str = "area") -> tuple[tuple[float, ...], bool] | None:
     """The simulated annotator's next click: the innermost pixel of the larger error.
 
@@ -112,8 +117,7 @@ def next_click(gt: np.ndarray, pred: np.ndarray, rule: str = "area") -> tuple[tu
     boundary (ties: the false one), as RITM's clicker decides. Returns ``((row, col), positive)`` —
     positive when the click goes to a missed region — or None when prediction and truth agree.
     """
-    if rule not in CLICK_RULES:
-        raise ValueError(f"unknown click rule {rule!r}: use one of {', '.join(CLICK_RULES)}")
+    _check_rule(rule)
     missed, false = gt & ~pred, pred & ~gt
     if not missed.any() and not false.any():
         return None
@@ -183,8 +187,7 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
         sp2 = None if spacing is None else tuple(spacing)[1:]
     if not gt2.any():
         raise ValueError("the ground-truth object is empty")
-    if click_rule not in CLICK_RULES:
-        raise ValueError(f"unknown click rule {click_rule!r}: use one of {', '.join(CLICK_RULES)}")
+    _check_rule(click_rule)  # (before the image is embedded)
     from .embeddings import fill
 
     fill(s.store, s.embedder, [lead[0] if lead else 0])  # embed first: ms per prompt times the decoder path

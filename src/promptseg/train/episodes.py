@@ -174,19 +174,17 @@ class StepData(torch.utils.data.Dataset):
         return self.cfg["train"]["steps"] - self.start
 
     def __getitem__(self, i: int):
-        t = self.cfg["train"]
-        rng = np.random.default_rng([t["seed"], self.start + i, 1])
-        batch = [self.draw(rng, self.cfg["model"]["image_size"], self.cfg) for _ in range(t["batch_size"])]
-        if t["prompts_in_workers"]:
-            return batch, *prepare(np.random.default_rng([t["seed"], self.start + i, 2]), batch, self.cfg)
-        return batch
+        step = self.start + i
+        return draw_step(np.random.default_rng([self.cfg["train"]["seed"], step, 1]), step, self.cfg, self.draw)
 
 
-def draw_step(rng: np.random.Generator, step: int, cfg: dict):
-    """Step ``step``'s batch drawn in the main process with ``rng`` (no data workers): what a
-    :class:`StepData` item holds, a list of :func:`.draws.draw` results or with ``prompts_in_workers``
-    that list and :func:`prepare`'s items and episodes."""
-    from .draws import draw
+def draw_step(rng: np.random.Generator, step: int, cfg: dict, draw=None):
+    """Step ``step``'s batch, its images drawn with ``rng`` by ``draw`` (default :func:`.draws.draw`): a
+    list of its results, or with ``prompts_in_workers`` that list and :func:`prepare`'s items and
+    episodes (drawn with ``[seed, step, 2]``). A :class:`StepData` item in a worker, or the main
+    process's batch without data workers."""
+    if draw is None:
+        from .draws import draw
 
     t, size = cfg["train"], cfg["model"]["image_size"]
     batch = [draw(rng, size, cfg) for _ in range(t["batch_size"])]

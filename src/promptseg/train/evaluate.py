@@ -117,12 +117,6 @@ def medical_set(n: int, dims: int, seed: int = 20_000_000, min_area: int = 30):
     return out
 
 
-def click_protocol(model, pairs, max_clicks: int = 20, click_rule: str = "area", **session_kwargs) -> dict:
-    """The protocol (module docstring) on (image, gt) pairs, per start: {start: :func:`summary`}."""
-    return {start: summary(_objects(model, pairs, start, max_clicks, dict(session_kwargs, click_rule=click_rule)))
-            for start in STARTS}
-
-
 _KEEP = ("dice", "noc85", "noc90", "ms_per_prompt", "area")  # what an object's record keeps
 
 

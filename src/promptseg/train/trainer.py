@@ -187,11 +187,10 @@ def _feed_back(ep: Episode, low, iou_pred, multimask: bool, size: int) -> np.nda
     return up[: ep.mask.shape[0], : ep.mask.shape[1]].cpu().numpy()
 
 
-def _own_later(sam, prepared: list, batch: list, rng: np.random.Generator, size: int, lowres: int, dev):
+def _own_later(sam, items: list, eps: list, batch: list, rng: np.random.Generator, size: int, lowres: int, dev):
     """:func:`.episodes.prepare`'s (items, episodes) with their first inputs made tensors (and the
     Episodes' ``prev``): the worker's arrays, and for each :data:`.draws.LATER` the model's own full-view
     mask (:func:`_own_priors`), or a coarse one where that mask is empty."""
-    items, eps = prepared
     if lowres != size // 4:
         raise ValueError(f"prompts_in_workers assumes masks of a quarter of the input side, not {lowres} of {size}")
     own = _own_priors(sam, batch, rng, size, dev, only={b for b, _, prior, _ in items if isinstance(prior, str)})
@@ -266,14 +265,14 @@ def step_loss(sam, batch, rng: np.random.Generator, cfg: dict, step: int, dev, e
     their terms weighed. Returns the loss, the summed terms, every round's IoU and the number of episodes."""
     t, size = cfg["train"], cfg["model"]["image_size"]
     if t["prompts_in_workers"]:
-        batch, *prepared = batch
+        batch, items, eps = batch
     with torch.set_grad_enabled(not encoder_frozen):
         emb = sam.image_encoder(_to_input(sam, [im for im, *_ in batch], dev))
     terms = dict.fromkeys(TERMS, 0.0)
     ious, n = [], 0
     lowres = 4 * sam.prompt_encoder.image_embedding_size[0]
     if t["prompts_in_workers"]:  # drawn with the images (episodes.prepare); the model's own masks are made here
-        items, eps = _own_later(sam, prepared, batch, rng, size, lowres, dev)
+        items, eps = _own_later(sam, items, eps, batch, rng, size, lowres, dev)
     else:
         own = _own_priors(sam, batch, rng, size, dev) if cfg["prompts"]["p_self_prior"] > 0 else {}
         items = [(b, labels == k, *first_input(rng, labels, k, src, cfg["prompts"], size, lowres, own.get(b)))
