@@ -1,10 +1,10 @@
 """What a correction click does, and what it could do: the shipped model on the held-out sets.
 
-    python benchmarks/correction_clicks.py [--workers 2] [--out benchmarks/results/correction_clicks.txt]
+    python benchmarks/correction_clicks.py [--workers 2] [--click-rule area] [--out benchmarks/results/correction_clicks.txt]
 
 Runs the click protocol of ``promptseg.train.evaluate`` (a first click at each object's innermost pixel,
-then 20 correction clicks, the area rule) through the Session as shipped, on the 172 pooled held-out
-synthetic objects, and reports:
+then 20 correction clicks, the area rule unless ``--click-rule`` names another) through the Session as
+shipped, on the 172 pooled held-out synthetic objects, and reports:
 
 1. per correction click, by the depth of the error at the click (its distance-transform value, in px):
    how many clicks, the median size of the connected error region clicked, the share of that region
@@ -48,7 +48,7 @@ def _plane(image, gt):
     return image[z], gt[z]
 
 
-def _protocol(idx: list[int]) -> tuple[list[dict], list[tuple]]:
+def _protocol(idx: list[int], rule: str = "area") -> tuple[list[dict], list[tuple]]:
     """Per correction click records, and each object's (gt, first-click mask)."""
     import promptseg as ps
     from promptseg.evaluate import inner_distance, innermost, next_click
@@ -60,7 +60,7 @@ def _protocol(idx: list[int]) -> tuple[list[dict], list[tuple]]:
         mask = np.asarray(s.add_point(innermost(gt)).mask).copy()
         firsts.append((i, gt, mask))
         for k in range(20):
-            click = next_click(gt, mask)
+            click = next_click(gt, mask, rule)
             if click is None:
                 break
             (r, c), positive = click
@@ -76,7 +76,7 @@ def _protocol(idx: list[int]) -> tuple[list[dict], list[tuple]]:
     return clicks, firsts
 
 
-def flip_ceiling(gt: np.ndarray, mask: np.ndarray, radius: float | None, max_clicks: int = 20) -> int:
+def flip_ceiling(gt: np.ndarray, mask: np.ndarray, radius: float | None, max_clicks: int = 20, rule: str = "area") -> int:
     """NoC@90 when each protocol click flips its connected error region (within ``radius`` px of the
     click if given) and nothing else; ``max_clicks + 2`` if never. gt, mask: bool (H, W)."""
     from promptseg.evaluate import iou, next_click
@@ -87,7 +87,7 @@ def flip_ceiling(gt: np.ndarray, mask: np.ndarray, radius: float | None, max_cli
             return n
         if n == max_clicks + 1:
             break
-        (r, c), positive = next_click(gt, mask)
+        (r, c), positive = next_click(gt, mask, rule)
         labels, _ = ndi.label((gt & ~mask) if positive else (mask & ~gt))
         region = labels == labels[int(r), int(c)]
         if radius is not None:
@@ -100,16 +100,18 @@ def flip_ceiling(gt: np.ndarray, mask: np.ndarray, radius: float | None, max_cli
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--click-rule", default="area", help="area, ritm or region (promptseg.evaluate.next_click)")
     ap.add_argument("--out", default="benchmarks/results/correction_clicks.txt")
     args = ap.parse_args()
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, ctx, initializer=_start) as pool:
-        parts = list(pool.map(_protocol, [list(range(j, 172, args.workers)) for j in range(args.workers)]))
+        parts = list(pool.map(_protocol, [list(range(j, 172, args.workers)) for j in range(args.workers)],
+                              [args.click_rule] * args.workers))
     clicks = [c for part, _ in parts for c in part]
     firsts = sorted((f for _, part in parts for f in part), key=lambda f: f[0])
-    lines = [f"# python benchmarks/correction_clicks.py --workers {args.workers}: the shipped model, the click protocol "
-             f"(area rule) on the {len(firsts)} pooled held-out synthetic objects; {len(clicks)} correction clicks",
+    lines = [f"# python benchmarks/correction_clicks.py --workers {args.workers} --click-rule {args.click_rule}: the shipped "
+             f"model, the click protocol ({args.click_rule} rule) on the {len(firsts)} pooled held-out synthetic objects; {len(clicks)} correction clicks",
              "| depth of the error at the click | clicks | median size of the region clicked (px) | share of it fixed "
              "| error px added elsewhere (mean) | net change of the error (px, mean) |", "|---|---|---|---|---|---|"]
     for lo, hi, name in ((0, 1.5, "1 px"), (1.5, 2.5, "2 px"), (2.5, 4.5, "3-4 px"), (4.5, 8.5, "5-8 px"), (8.5, 1e9, "over 8 px")):
@@ -120,7 +122,7 @@ def main() -> None:
                          f"{np.mean([c['net'] for c in sel]):.1f} |")
     lines += ["", "| each click flips (knowing the truth) | NoC@90 | never reach IoU 0.9 |", "|---|---|---|"]
     for radius in (None, 8, 4, 2):
-        nocs = np.array([flip_ceiling(gt, m, radius) for _, gt, m in firsts])
+        nocs = np.array([flip_ceiling(gt, m, radius, rule=args.click_rule) for _, gt, m in firsts])
         what = "its whole connected error region" if radius is None else f"that region within {radius} px of the click"
         lines.append(f"| {what} | {nocs.mean():.2f} | {(nocs == 22).sum()} of {len(nocs)} |")
     lines.append(f"\n({time.perf_counter() - t0:.0f} s)")

@@ -179,3 +179,7 @@ def test_evaluate_a_sample_with_and_without_zoom_and_edges(tmp_path, capsys):
     ritm = json.loads(out.read_text())
     assert ritm["click_rule"] == "ritm" and ritm["n_objects"] == 3
     assert [o["area"] for o in ritm["objects"]] == [o["area"] for o in reports["on", "auto"]["objects"]]
+    out = tmp_path / "region.json"
+    assert main(["evaluate", "sample:ct_lesions", "--modality", "ct", "--start", "box", "--clicks", "2",
+                 "--click-rule", "region", "-o", str(out), "--device", "cpu"]) == 0
+    assert json.loads(out.read_text())["click_rule"] == "region"

@@ -80,6 +80,27 @@ def test_the_ritm_rule_corrects_the_deeper_error_not_the_one_with_more_pixels():
         ev.next_click(tie, other, "nearest")
 
 
+def test_the_region_rule_aims_at_the_largest_wrong_region_not_a_stray_pixel():
+    gt = np.zeros((30, 30), bool)
+    gt[5:25, 5:25] = True
+    pred = gt.copy()
+    pred[5, 5] = False  # a stray missed pixel, first in raster order
+    pred[10:21, 24] = False  # a missed sliver 11 px long down the right side
+    pred[27:29, 10:13] = True  # a false 2 x 3 block below the object (6 px)
+    (rc, positive) = ev.next_click(gt, pred)  # the area rule: every missed pixel is 1 px deep, the first wins
+    assert positive and rc == (5.0, 5.0)
+    (rc, positive) = ev.next_click(gt, pred, "region")  # the sliver's middle
+    assert positive and rc == (15.0, 24.0)
+    pred[26:29, 8:14] = True  # the false block grows to 18 px, larger than the sliver
+    (rc, positive) = ev.next_click(gt, pred, "region")
+    assert not positive and rc == (27.0, 10.0) and not gt[27, 10]
+    diagonal = np.eye(12, dtype=bool)  # a diagonal sliver is one region (8-connected), a lone pixel another
+    diagonal[0, 11] = True
+    (rc, positive) = ev.next_click(diagonal, np.zeros_like(diagonal), "region")
+    assert positive and rc in [(5.0, 5.0), (6.0, 6.0)]
+    assert ev.next_click(gt, gt, "region") is None
+
+
 def test_the_held_out_summary_counts_never_and_noc_by_object_size():
     from promptseg.train.evaluate import summary
 

@@ -349,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", action="append", help="label file for each image, in order (repeatable)")
     p.add_argument("--start", choices=["click", "box", "squiggle"], default="click")
     p.add_argument("--clicks", type=int, default=20, help="correction clicks after the start prompt (default 20)")
-    p.add_argument("--click-rule", choices=["area", "ritm"], default="area",
-                   help="which error a correction click goes to: the one with more pixels (area, default) or the "
-                        "deeper one, as RITM's clicker decides (ritm)")
+    p.add_argument("--click-rule", choices=["area", "ritm", "region"], default="area",
+                   help="which error a correction click goes to: the one with more pixels (area, default), the "
+                        "deeper one, as RITM's clicker decides (ritm), or the largest connected region (region)")
     p.add_argument("-o", "--output", help="JSON report")
     p.add_argument("--plot", help="PNG of mean Dice against prompts")
     _add_model_args(p)

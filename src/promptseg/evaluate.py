@@ -10,7 +10,10 @@ previous prediction is fed back exactly as in interactive use. Each click goes t
 the larger error, positive in a missed region, negative in a false one; which error is larger, the
 ``click_rule`` says (:func:`next_click`): ``"area"`` (the default), the one with more pixels;
 ``"ritm"``, the one whose innermost pixel lies deeper, as the clicker of RITM (Sofiiuk et al. 2022) and
-the interactive-segmentation papers that reuse it place clicks. A 3D object is evaluated on the slice
+the interactive-segmentation papers that reuse it place clicks; ``"region"``, the largest connected
+error region. Once every error is a one-pixel sliver along the outline, the first two click the first
+such pixel in raster order, often a stray one; the third clicks the middle of the longest sliver, as a
+person would. A 3D object is evaluated on the slice
 where it is largest (until propagation is part of the protocol).
 """
 
@@ -101,7 +104,7 @@ def _peak(dist: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.unravel_index(int(np.argmax(dist)), dist.shape))
 
 
-CLICK_RULES = ("area", "ritm")
+CLICK_RULES = ("area", "ritm", "region")
 
 
 def _check_rule(rule: str) -> None:
@@ -114,8 +117,10 @@ def next_click(gt: np.ndarray, pred: np.ndarray, rule: str = "area") -> tuple[tu
 
     gt, pred : bool arrays of one shape. ``rule`` says which error is larger: ``"area"``, the one with
     more pixels (ties: the missed one); ``"ritm"``, the one whose innermost pixel is farther from its
-    boundary (ties: the false one), as RITM's clicker decides. Returns ``((row, col), positive)`` —
-    positive when the click goes to a missed region — or None when prediction and truth agree.
+    boundary (ties: the false one), as RITM's clicker decides; ``"region"``, the largest 8-connected
+    missed or false region (ties: a missed one), clicked at its innermost pixel nearest its centroid.
+    Returns ``((row, col), positive)`` — positive when the click goes to a missed region — or None when
+    prediction and truth agree.
     """
     _check_rule(rule)
     missed, false = gt & ~pred, pred & ~gt
@@ -124,9 +129,30 @@ def next_click(gt: np.ndarray, pred: np.ndarray, rule: str = "area") -> tuple[tu
     if rule == "area":
         positive = bool(missed.sum() >= false.sum())
         return innermost(missed if positive else false), positive
+    if rule == "region":
+        return _largest_region_click(missed, false)
     deep_missed, deep_false = inner_distance(missed), inner_distance(false)
     positive = bool(deep_missed.max() > deep_false.max())
     return _peak(deep_missed if positive else deep_false), positive
+
+
+def _largest_region_click(missed: np.ndarray, false: np.ndarray) -> tuple[tuple[float, ...], bool]:
+    """The ``"region"`` rule: the largest 8-connected error region (ties: a missed one) and its innermost
+    pixel; of pixels equally deep (a one-pixel sliver), the one nearest the region's centroid."""
+    best = None
+    for positive, err in ((True, missed), (False, false)):
+        labels, n = ndi.label(err, np.ones((3,) * err.ndim, bool))
+        if n:
+            sizes = np.bincount(labels.ravel())[1:]
+            k = int(np.argmax(sizes)) + 1
+            if best is None or sizes[k - 1] > best[0]:
+                best = (sizes[k - 1], positive, labels == k)
+    _, positive, region = best
+    depth = inner_distance(region)
+    pts = np.argwhere(depth >= depth.max() - 1e-9)
+    centre = np.argwhere(region).mean(axis=0)
+    pick = pts[int(np.argmin(((pts - centre) ** 2).sum(axis=1)))]
+    return tuple(float(v) for v in pick), positive
 
 
 def squiggle(mask: np.ndarray, n: int = 12) -> np.ndarray:
@@ -164,7 +190,7 @@ def simulate(model, image, gt: np.ndarray, *, start: str = "click", max_clicks: 
     gt : bool mask of the object, the image's spatial shape.
     start : "click", "box" or "squiggle".
     max_clicks : correction clicks after the start prompt.
-    click_rule : which error the next click corrects, "area" or "ritm" (:func:`next_click`).
+    click_rule : which error the next click corrects, "area", "ritm" or "region" (:func:`next_click`).
     spacing : pixel size per spatial axis for HD95 / MASD (default 1).
     on_prompt : called as ``on_prompt(session, mask)`` after each prompt, ``mask`` the bool (H, W) mask
         of the prompted slice (the edge refiner's training records the protocol's masks this way).

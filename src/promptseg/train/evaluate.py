@@ -30,7 +30,7 @@ from functools import partial
 import numpy as np
 
 import promptseg as ps
-from ..evaluate import dice, innermost, next_click  # the same protocol as `promptseg evaluate`
+from ..evaluate import CLICK_RULES, dice, innermost, next_click  # the same protocol as `promptseg evaluate`
 from ..preprocess import choose_intensity
 from . import anatomy
 from .synthetic import sample
@@ -288,7 +288,7 @@ if __name__ == "__main__":  # python -m promptseg.train.evaluate CHECKPOINT CONF
     ap.add_argument("--png", help="draw the coins' one-click and box masks here")
     ap.add_argument("--json", help="write the report here as well")
     ap.add_argument("--objects", help="write every object's record here (JSON: set, start, index -> Dice per prompt, NoC, area)")
-    ap.add_argument("--click-rule", choices=["area", "ritm"], default="area",
+    ap.add_argument("--click-rule", choices=list(CLICK_RULES), default="area",
                     help="which error a correction click goes to (promptseg.evaluate.next_click; default area)")
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the objects (one thread each)")
     ap.add_argument("--counts", default="100,60,12", help="sizes of the generic, CT-/MRI-like 2D and 3D sets")
