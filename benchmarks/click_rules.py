@@ -55,13 +55,14 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers, multiprocessing.get_context("spawn"), initializer=_start) as pool:
         for start in args.starts.split(","):
             for rule in CLICK_RULES:
-                parts = [pool.submit(_run, list(range(j, N, args.workers)), start, rule) for j in range(args.workers)]
+                parts = [pool.submit(_run, list(range(j, N, args.workers)), start, rule)
+                         for j in range(args.workers)]
                 s = summary([o for p in parts for o in p.result()])
                 d = s["dice"]
                 fall = max([0.0] + [a - b for a, b in zip(d, d[1:])])
-                bands = " / ".join(f"{v[1]:.1f}" for v in s["noc90_by_area"].values())
-                lines.append(f"{start} | {rule} | {d[0]:.3f} / {d[2]:.3f} / {d[9]:.3f} / {d[20]:.3f} | {s['noc85']:.2f} | "
-                             f"{s['noc90']:.2f} | {100 * s['never90']:.0f} % | {bands} | "
+                bands = " / ".join("-" if v[1] is None else f"{v[1]:.1f}" for v in s["noc90_by_area"].values())
+                lines.append(f"{start} | {rule} | {d[0]:.3f} / {d[2]:.3f} / {d[9]:.3f} / {d[20]:.3f} | "
+                             f"{s['noc85']:.2f} | {s['noc90']:.2f} | {100 * s['never90']:.0f} % | {bands} | "
                              + ("never falls" if fall <= 1e-9 else f"{fall:.4f}"))
                 print(lines[-1], flush=True)
     lines.append(f"({N} objects, seeds 41,000,000-43,000,000; {time.perf_counter() - t:.0f} s, {args.workers} processes "

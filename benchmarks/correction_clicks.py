@@ -1,6 +1,7 @@
 """What a correction click does, and what it could do: the shipped model on the held-out sets.
 
-    python benchmarks/correction_clicks.py [--workers 2] [--click-rule area] [--out benchmarks/results/correction_clicks.txt]
+    python benchmarks/correction_clicks.py [--workers 2] [--click-rule area]
+        [--out benchmarks/results/correction_clicks.txt]
 
 Runs the click protocol of ``promptseg.train.evaluate`` (a first click at each object's innermost pixel,
 then 20 correction clicks, the area rule unless ``--click-rule`` names another) through the Session as
@@ -76,7 +77,8 @@ def _protocol(idx: list[int], rule: str = "area") -> tuple[list[dict], list[tupl
     return clicks, firsts
 
 
-def flip_ceiling(gt: np.ndarray, mask: np.ndarray, radius: float | None, max_clicks: int = 20, rule: str = "area") -> int:
+def flip_ceiling(gt: np.ndarray, mask: np.ndarray, radius: float | None, max_clicks: int = 20,
+                 rule: str = "area") -> int:
     """NoC@90 when each protocol click flips its connected error region (within ``radius`` px of the
     click if given) and nothing else; ``max_clicks + 2`` if never. gt, mask: bool (H, W)."""
     from promptseg.evaluate import iou, next_click
@@ -100,7 +102,8 @@ def flip_ceiling(gt: np.ndarray, mask: np.ndarray, radius: float | None, max_cli
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--click-rule", default="area", help="area, ritm or region (promptseg.evaluate.next_click)")
+    ap.add_argument("--click-rule", default="area", choices=["area", "ritm", "region"],
+                    help="which error a correction click goes to (promptseg.evaluate.next_click)")
     ap.add_argument("--out", default="benchmarks/results/correction_clicks.txt")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -111,7 +114,8 @@ def main() -> None:
     clicks = [c for part, _ in parts for c in part]
     firsts = sorted((f for _, part in parts for f in part), key=lambda f: f[0])
     lines = [f"# python benchmarks/correction_clicks.py --workers {args.workers} --click-rule {args.click_rule}: the shipped "
-             f"model, the click protocol ({args.click_rule} rule) on the {len(firsts)} pooled held-out synthetic objects; {len(clicks)} correction clicks",
+             f"model, the click protocol ({args.click_rule} rule) on the {len(firsts)} pooled held-out synthetic objects; "
+             f"{len(clicks)} correction clicks",
              "| depth of the error at the click | clicks | median size of the region clicked (px) | share of it fixed "
              "| error px added elsewhere (mean) | net change of the error (px, mean) |", "|---|---|---|---|---|---|"]
     for lo, hi, name in ((0, 1.5, "1 px"), (1.5, 2.5, "2 px"), (2.5, 4.5, "3-4 px"), (4.5, 8.5, "5-8 px"), (8.5, 1e9, "over 8 px")):

@@ -13,8 +13,8 @@ the larger error, positive in a missed region, negative in a false one; which er
 the interactive-segmentation papers that reuse it place clicks; ``"region"``, the largest connected
 error region. Once every error is a one-pixel sliver along the outline, the first two click the first
 such pixel in raster order, often a stray one; the third clicks the middle of the longest sliver, as a
-person would. A 3D object is evaluated on the slice
-where it is largest (until propagation is part of the protocol).
+person would. A 3D object is evaluated on the slice where it is largest (until propagation is part of
+the protocol).
 """
 
 from __future__ import annotations
