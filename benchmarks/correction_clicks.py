@@ -100,9 +100,11 @@ def flip_ceiling(gt: np.ndarray, mask: np.ndarray, radius: float | None, max_cli
 
 
 def main() -> None:
+    from promptseg.evaluate import CLICK_RULES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--click-rule", default="area", choices=["area", "ritm", "region"],
+    ap.add_argument("--click-rule", default="area", choices=CLICK_RULES,
                     help="which error a correction click goes to (promptseg.evaluate.next_click)")
     ap.add_argument("--out", default="benchmarks/results/correction_clicks.txt")
     args = ap.parse_args()
