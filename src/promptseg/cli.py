@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import PromptError, PromptsegError
+from .evaluate import CLICK_RULES  # numpy and scipy only: the CLI stays quick to start
 
 
 def _numbers(what: str, *n: int):
@@ -349,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", action="append", help="label file for each image, in order (repeatable)")
     p.add_argument("--start", choices=["click", "box", "squiggle"], default="click")
     p.add_argument("--clicks", type=int, default=20, help="correction clicks after the start prompt (default 20)")
-    p.add_argument("--click-rule", choices=["area", "ritm", "region"], default="area",
+    p.add_argument("--click-rule", choices=list(CLICK_RULES), default="area",
                    help="which error a correction click goes to: the one with more pixels (area, default), the "
                         "deeper one, as RITM's clicker decides (ritm), or the largest connected region (region)")
     p.add_argument("-o", "--output", help="JSON report")
